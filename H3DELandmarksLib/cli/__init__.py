@@ -1,0 +1,1 @@
+"""The `h3de` command line."""

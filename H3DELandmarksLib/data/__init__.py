@@ -1,0 +1,1 @@
+"""Volumes, landmark sets, file formats, datasets, augmentation and phantoms."""
