@@ -16,6 +16,8 @@ from ..errors import H3DEError
 
 SUBCOMMAND_MODULES = [
     "import_checkpoint",
+    "info",
+    "models",
 ]
 
 

@@ -1,0 +1,155 @@
+"""`h3de models`: list, show, download, verify and remove the registered models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..registry import (
+    ModelCache,
+    download_model,
+    load_registry,
+    model_status,
+    read_package,
+    resolve_model,
+    verify_model,
+)
+from ..registry.resolve import BUNDLED, NOT_DOWNLOADED
+
+MODEL_HELP = 'model id (newest version) or "ID@VERSION"'
+
+
+def add_parser(subparsers) -> None:
+    """Register `h3de models` and its actions."""
+    parser = subparsers.add_parser(
+        "models", help="list, show, download, verify and remove models",
+        description="Manage the landmark models: the registry lists them, downloads go to a local cache.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache-dir", type=Path, default=None,
+                        help="model cache folder (default: $H3DE_CACHE_DIR or the platform's cache folder)")
+    actions = parser.add_subparsers(dest="models_action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="table of the registered models and their status")
+    listing.set_defaults(func=list_models)
+    for name, func, help_text in (
+        ("show", show_model, "landmarks, preprocessing, metrics and licence of a model"),
+        ("download", download, "download a model into the cache and verify it"),
+        ("verify", verify, "check a bundled or downloaded model (non-zero exit when damaged)"),
+        ("remove", remove, "delete a downloaded model from the cache"),
+    ):
+        action = actions.add_parser(name, parents=[common], help=help_text)
+        action.add_argument("model", metavar="ID", help=MODEL_HELP)
+        action.set_defaults(func=func)
+
+
+def list_models(args: argparse.Namespace) -> int:
+    registry, cache = load_registry(), ModelCache.at(args.cache_dir)
+    if not registry.entries:
+        print(f"No models are registered in {registry.path}.")
+        return 0
+    rows = [("ID", "VERSION", "TITLE", "SIZE", "STATUS")]
+    rows += [(entry.id, entry.version, entry.title, format_size(entry.size), model_status(entry, registry, cache))
+             for entry in registry.entries]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def show_model(args: argparse.Namespace) -> int:
+    registry, cache = load_registry(), ModelCache.at(args.cache_dir)
+    entry = registry.find(args.model)
+    status = model_status(entry, registry, cache)
+    print(f"{entry.spec}: {entry.title}")
+    print(f"Status: {status}")
+    if status == NOT_DOWNLOADED:
+        print(f"Download: {entry.url} ({format_size(entry.size)})")
+        print(f"Run `h3de models download {entry.spec}` to see its landmarks, preprocessing and metrics.")
+        return 0
+    package = read_package(resolve_model(entry.spec, cache_dir=cache.root, registry=registry))
+    for line in manifest_summary(package.manifest):
+        print(line)
+    print(f"Path: {package.path}")
+    return 0
+
+
+def download(args: argparse.Namespace) -> int:
+    registry, cache = load_registry(), ModelCache.at(args.cache_dir)
+    entry = registry.find(args.model)
+    status = model_status(entry, registry, cache)
+    path = download_model(entry.spec, cache_dir=cache.root, registry=registry)
+    if status == BUNDLED:
+        print(f"{entry.spec} is bundled with H3DE Landmarks ({path}); nothing to download.")
+    elif status == NOT_DOWNLOADED:
+        print(f"Downloaded and verified {entry.spec}: {path}")
+    else:
+        print(f"{entry.spec} is already downloaded: {path}")
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    registry, cache = load_registry(), ModelCache.at(args.cache_dir)
+    entry = registry.find(args.model)
+    problems = verify_model(entry.spec, cache_dir=cache.root, registry=registry)
+    if not problems:
+        print(f"{entry.spec} is intact ({model_status(entry, registry, cache)}).")
+        return 0
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{entry.spec} is damaged; run `h3de models remove {entry.spec}` and download it again.", file=sys.stderr)
+    return 1
+
+
+def remove(args: argparse.Namespace) -> int:
+    registry, cache = load_registry(), ModelCache.at(args.cache_dir)
+    entry = registry.find(args.model)
+    if cache.remove(entry.id, entry.version):
+        print(f"Removed {entry.spec} from {cache.root}.")
+    elif model_status(entry, registry, cache) == BUNDLED:
+        print(f"{entry.spec} is bundled with H3DE Landmarks; there is no download to remove.")
+    else:
+        print(f"{entry.spec} is not downloaded; nothing to remove.")
+    return 0
+
+
+def manifest_summary(manifest: dict) -> list[str]:
+    """Human-readable lines: modality, landmarks, preprocessing, metrics, licence."""
+    lines = [f"Modality: {manifest['modality']}"]
+    if manifest["description"]:
+        lines.append(f"Description: {manifest['description']}")
+    lines.append(f"Landmarks ({len(manifest['landmarks'])}):")
+    for number, landmark in enumerate(manifest["landmarks"], start=1):
+        description = landmark.get("description")
+        lines.append(f"  {number:3d}. {landmark['name']}" + (f" - {description}" if description else ""))
+    preprocessing = manifest["preprocessing"]
+    intensity = preprocessing["intensity"]
+    lines.append(f"Preprocessing: orientation {preprocessing['orientation']}; intensity clipped to "
+                 f"[{intensity['clip_min']}, {intensity['clip_max']}], "
+                 f"[{intensity['scale_min']}, {intensity['scale_max']}] mapped to [0, 1]")
+    for stage in preprocessing["stages"]:
+        spacing = " x ".join(f"{value:g}" for value in stage["spacing_mm"])
+        patch = " x ".join(str(value) for value in stage["patch_size"])
+        lines.append(f"  {stage['name']} stage: spacing {spacing} mm, patch {patch} voxels")
+    lines.append(f"Confidence threshold: {manifest['confidence_threshold']}")
+    metrics = manifest["training"]["metrics"]
+    lines.append("Metrics:" if metrics else "Metrics: none recorded")
+    lines += [f"  {name}: {json.dumps(value)}" for name, value in metrics.items()]
+    lines.append(f"Licence: {manifest['license']}")
+    if manifest.get("citation"):
+        lines.append(f"Citation: {manifest['citation']}")
+    lines.append(f"Created: {manifest['created']}")
+    return lines
+
+
+def format_size(size: int | None) -> str:
+    """Bytes as a short human-readable size ("-" when unknown)."""
+    if size is None:
+        return "-"
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    value, unit = float(size), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value /= 1024
+        unit += 1
+    return f"{size} B" if unit == 0 else f"{value:.1f} {units[unit]}"

@@ -1,0 +1,100 @@
+"""The model manifest (manifest.json): schema validation plus the checks a schema cannot express."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import ModelPackageError
+from .schema import first_problem, sentence
+
+MANIFEST_SCHEMA = "manifest.schema.json"
+SCHEMA_VERSION = 1
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Read and validate a manifest.json file; raises ModelPackageError naming the first problem."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelPackageError(f"{path} does not exist.") from None
+    except UnicodeDecodeError:
+        raise ModelPackageError(f"{path} is not UTF-8 text.") from None
+    except json.JSONDecodeError as error:
+        raise ModelPackageError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})."
+        ) from None
+    validate_manifest(manifest, source=str(path))
+    return manifest
+
+
+def validate_manifest(manifest: object, source: str = "manifest.json") -> None:
+    """Raise ModelPackageError with one sentence naming the first problem of `manifest`, if any."""
+    problem = first_problem(manifest, MANIFEST_SCHEMA, source) or _semantic_problem(manifest, source)
+    if problem:
+        raise ModelPackageError(problem)
+
+
+def _semantic_problem(manifest: dict, source: str) -> str | None:
+    for check in (_architecture_problem, _landmarks_problem, _intensity_problem, _stages_problem,
+                  _created_problem):
+        problem = check(manifest)
+        if problem:
+            return sentence(source, problem)
+    return None
+
+
+def _architecture_problem(manifest: dict) -> tuple[str, str] | None:
+    # Imported here: H3DELandmarksLib.model loads packages through this package.
+    from ..model.config import H3DEConfig
+
+    try:
+        H3DEConfig.from_dict(manifest["architecture"])
+    except ModelPackageError as error:
+        message = str(error).rstrip(".")
+        return "architecture", f"is invalid: {message[:1].lower()}{message[1:]}"
+    except (TypeError, ValueError) as error:
+        return "architecture", f"has a value of the wrong type ({error})"
+    return None
+
+
+def _landmarks_problem(manifest: dict) -> tuple[str, str] | None:
+    landmarks = manifest["landmarks"]
+    expected = manifest["architecture"]["n_landmarks"]
+    if len(landmarks) != expected:
+        entries = f"{len(landmarks)} entr{'y' if len(landmarks) == 1 else 'ies'}"
+        return "landmarks", f"has {entries} but architecture.n_landmarks is {expected}"
+    first_index = {}
+    for index, landmark in enumerate(landmarks):
+        name = landmark["name"]
+        if name in first_index:
+            return f"landmarks[{index}].name", f"{json.dumps(name)} repeats landmarks[{first_index[name]}].name"
+        first_index[name] = index
+    return None
+
+
+def _intensity_problem(manifest: dict) -> tuple[str, str] | None:
+    intensity = manifest["preprocessing"]["intensity"]
+    for low, high in (("clip_min", "clip_max"), ("scale_min", "scale_max")):
+        if not intensity[high] > intensity[low]:
+            return f"preprocessing.intensity.{high}", f"must be greater than {low}"
+    return None
+
+
+def _stages_problem(manifest: dict) -> tuple[str, str] | None:
+    names = [stage["name"] for stage in manifest["preprocessing"]["stages"]]
+    if len(names) == 2 and names != ["coarse", "fine"]:
+        return "preprocessing.stages", "must list the coarse stage first and the fine stage second"
+    return None
+
+
+def _created_problem(manifest: dict) -> tuple[str, str] | None:
+    created = manifest["created"]
+    try:
+        datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return "created", f"must be an ISO 8601 time such as 2025-01-31T12:00:00Z, not {json.dumps(created)}"
+    return None

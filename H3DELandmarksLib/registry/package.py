@@ -1,0 +1,227 @@
+"""Model packages: a directory holding manifest.json and model.safetensors, or a .zip of the two.
+
+Every write is atomic: a package is built in a temporary sibling directory and renamed into place,
+so a reader never sees half a package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from ..errors import ModelPackageError
+from .manifest import read_manifest, validate_manifest
+
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "model.safetensors"
+PACKAGE_FILES = (MANIFEST_FILE, WEIGHTS_FILE)
+WEIGHT_DTYPES = {"F16", "BF16", "F32", "F64", "I64"}
+ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A validated model package on disk; the weights are only read by `state_dict()`."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def config(self):
+        """The network's `H3DEConfig`, built from the manifest's architecture."""
+        from ..model.config import H3DEConfig
+
+        return H3DEConfig.from_dict(self.manifest["architecture"])
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return [landmark["name"] for landmark in self.manifest["landmarks"]]
+
+    @property
+    def landmark_descriptions(self) -> list[str]:
+        return [landmark.get("description", "") for landmark in self.manifest["landmarks"]]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights as a flat state dict of CPU tensors."""
+        try:
+            return load_file(self.weights_path)
+        except (SafetensorError, OSError) as error:
+            raise ModelPackageError(f"{self.weights_path} cannot be read as safetensors ({error}).") from None
+
+
+@dataclass(frozen=True)
+class PackedPackage:
+    """A package archive and the facts the registry records about it."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+def read_package(directory: str | os.PathLike) -> ModelPackage:
+    """Open the package in `directory`, validating its manifest; raises ModelPackageError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelPackageError(f"{directory} is not a model package directory.")
+    for name in PACKAGE_FILES:
+        if not (directory / name).is_file():
+            raise ModelPackageError(f"{directory} is not a model package: {name} is missing.")
+    return ModelPackage(path=directory, manifest=read_manifest(directory / MANIFEST_FILE))
+
+
+def check_package(directory: str | os.PathLike) -> ModelPackage:
+    """`read_package` plus a check of the weights file header: readable, float tensors only."""
+    package = read_package(directory)
+    try:
+        with safe_open(package.weights_path, framework="pt") as weights:
+            for key in weights.keys():
+                dtype = weights.get_slice(key).get_dtype()
+                if dtype not in WEIGHT_DTYPES:
+                    raise ModelPackageError(f"{package.weights_path}: tensor {key!r} is {dtype}, not a weight type.")
+    except (SafetensorError, OSError) as error:
+        raise ModelPackageError(f"{package.weights_path} cannot be read as safetensors ({error}).") from None
+    return package
+
+
+def write_package(directory: str | os.PathLike, manifest: dict, state_dict: dict[str, torch.Tensor],
+                  overwrite: bool = False) -> ModelPackage:
+    """Write a validated package to `directory` atomically; refuses to replace one unless `overwrite`."""
+    directory = Path(directory)
+    validate_manifest(manifest)
+    _check_state_dict(state_dict)
+    if directory.exists() and not overwrite:
+        raise ModelPackageError(f"{directory} already exists; pass overwrite (--overwrite) to replace it.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    building = _temporary_sibling(directory)
+    try:
+        (building / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state_dict.items()}
+        save_file(tensors, building / WEIGHTS_FILE, metadata={"format": "pt"})
+        _move_into_place(building, directory, overwrite)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return read_package(directory)
+
+
+def pack_package(directory: str | os.PathLike, zip_path: str | os.PathLike,
+                 overwrite: bool = False) -> PackedPackage:
+    """Zip the package in `directory` for distribution; returns the archive's sha256 and size.
+
+    The archive is reproducible (fixed member order and timestamps), so packing the same package
+    twice gives the same checksum.
+    """
+    package = check_package(directory)
+    zip_path = Path(zip_path)
+    if zip_path.exists() and not overwrite:
+        raise ModelPackageError(f"{zip_path} already exists; pass overwrite (--overwrite) to replace it.")
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".part", dir=zip_path.parent)
+    os.close(handle)
+    try:
+        with zipfile.ZipFile(temporary, "w") as archive:
+            for name in PACKAGE_FILES:
+                info = zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with open(package.path / name, "rb") as source, archive.open(info, "w") as target:
+                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+        os.replace(temporary, zip_path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return PackedPackage(path=zip_path, sha256=sha256_of(zip_path), size=zip_path.stat().st_size)
+
+
+def unpack_package(zip_path: str | os.PathLike, directory: str | os.PathLike,
+                   overwrite: bool = False) -> ModelPackage:
+    """Extract a package archive into `directory` atomically, validating it before it appears there."""
+    zip_path, directory = Path(zip_path), Path(directory)
+    if directory.exists() and not overwrite:
+        raise ModelPackageError(f"{directory} already exists; pass overwrite (--overwrite) to replace it.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    building = _temporary_sibling(directory)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = sorted(archive.namelist())
+            if names != sorted(PACKAGE_FILES):
+                raise ModelPackageError(
+                    f"{zip_path} is not a model package archive: it holds {', '.join(names) or 'nothing'} "
+                    f"instead of {' and '.join(PACKAGE_FILES)}."
+                )
+            validate_manifest(_read_json_member(archive, zip_path), source=f"{zip_path.name}/{MANIFEST_FILE}")
+            for name in PACKAGE_FILES:
+                with archive.open(name) as source, open(building / name, "wb") as target:
+                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+        check_package(building)
+        _move_into_place(building, directory, overwrite)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+        raise ModelPackageError(f"{zip_path} is not a readable zip archive ({error}).") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return read_package(directory)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remove_directory(directory: Path) -> None:
+    """Delete a directory so that it disappears at once: rename it aside, then delete the renamed copy."""
+    doomed = directory.with_name(f".{directory.name}.removed-{uuid.uuid4().hex[:8]}")
+    os.replace(directory, doomed)
+    shutil.rmtree(doomed)
+
+
+def _read_json_member(archive: zipfile.ZipFile, zip_path: Path) -> object:
+    try:
+        return json.loads(archive.read(MANIFEST_FILE).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelPackageError(f"{zip_path.name}/{MANIFEST_FILE} is not valid JSON ({error}).") from None
+
+
+def _check_state_dict(state_dict: dict) -> None:
+    if not state_dict:
+        raise ModelPackageError("The state dict to package is empty.")
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor) or (
+                not value.is_floating_point() and value.dtype != torch.int64):
+            raise ModelPackageError(f"State dict entry {key!r} is not a float (or int64 counter) tensor.")
+
+
+def _temporary_sibling(directory: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+
+
+def _move_into_place(built: Path, directory: Path, overwrite: bool) -> None:
+    if directory.exists():
+        if not overwrite:
+            raise ModelPackageError(f"{directory} already exists; pass overwrite (--overwrite) to replace it.")
+        remove_directory(directory)
+    os.replace(built, directory)
