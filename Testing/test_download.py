@@ -247,6 +247,9 @@ def test_resolve_model_accepts_package_paths_and_explains_the_rest(tmp_path):
     registry_file.write_text(json.dumps({"models": []}), encoding="utf-8")
     with pytest.raises(ModelPackageError, match="Unknown model 'nope'; `h3de models list`"):
         resolve_model("nope", cache_dir=tmp_path / "cache", registry=load_registry(registry_file))
+    (tmp_path / "cache" / "packages").mkdir(parents=True)
+    with pytest.raises(ModelPackageError, match=r"'packages@\.\.' is neither a model package directory nor"):
+        resolve_model("packages@..", cache_dir=tmp_path / "cache", registry=load_registry(registry_file))
 
 
 def test_resolve_model_prefers_the_bundled_package_and_newest_version(tmp_path):
@@ -276,7 +279,7 @@ def test_registry_problems_name_the_entry(tmp_path, monkeypatch):
         load_registry()
     entry.update(sha256="a" * 64, size=None)
     registry_file.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
-    with pytest.raises(ModelPackageError, match=r"models\[0\] \(test-skull@1.0.0\) needs url, sha256 and size together"):
+    with pytest.raises(ModelPackageError, match=r"\(test-skull@1.0.0\) needs url, sha256 and size together"):
         load_registry()
 
 

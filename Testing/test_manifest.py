@@ -56,12 +56,13 @@ def valid_manifest(model_id: str = "test-skull", version: str = "1.0.0") -> dict
 
 
 def small_state_dict() -> dict[str, torch.Tensor]:
-    """A tiny state dict with float32 and float16 tensors."""
+    """A tiny state dict: float32 and float16 weights and an int64 BatchNorm counter."""
     generator = torch.Generator().manual_seed(0)
     return {
         "encoder.weight": torch.randn(4, 3, generator=generator),
         "encoder.bias": torch.zeros(4),
         "head.weight": torch.randn(2, 4, generator=generator).half(),
+        "norm.num_batches_tracked": torch.tensor(7),
     }
 
 
@@ -172,8 +173,8 @@ def test_write_package_is_atomic_and_refuses_to_overwrite(tmp_path):
 def test_write_package_rejects_bad_input_and_writes_nothing(tmp_path):
     with pytest.raises(ModelPackageError, match="confidence_threshold"):
         write_package(tmp_path / "package", broken("confidence_threshold", -1), small_state_dict())
-    with pytest.raises(ModelPackageError, match="'steps' is not a floating-point tensor"):
-        write_package(tmp_path / "package", valid_manifest(), {"steps": torch.tensor([3])})
+    with pytest.raises(ModelPackageError, match="'mask' is not a float"):
+        write_package(tmp_path / "package", valid_manifest(), {"mask": torch.tensor([True])})
     assert list(tmp_path.iterdir()) == []
 
 

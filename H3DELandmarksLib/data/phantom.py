@@ -345,15 +345,21 @@ def _face(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -
 
 
 def _ears(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -> _Head:
-    """Dense petrous bones, each with an ear canal running in from the side."""
+    """Dense petrous bones, each with a bone-lined ear canal running in from the side."""
     layers, landmarks = [], {}
     for name, side in _SIDES:
         level = _v(0, (4 + vary.offset(1.5)) * g[1], (-14 + vary.offset(1.5)) * g[2])
         porion = skull.surface_point(level, axis=0, sign=side)
         lateral = _v(side, 0, 0)
-        petrous = _Ellipsoid(porion - 9 * lateral + _v(0, 2, -3), _v(8, 10, 6) * g)
-        canal = _Capsule(porion + 10 * lateral, porion - 11 * lateral, 2.5 * float(np.mean(g)))
-        layers += [_Layer(8, petrous, tissue.dense_bone), _Layer(9, canal, _AIR, f"porion_{name}")]
+        petrous = _Ellipsoid(porion - 10 * lateral + _v(0, 2, 1), _v(8, 10, 7) * g)
+        radius = 2.5 * float(np.mean(g))
+        canal = _Capsule(porion + 10 * lateral, porion - 11 * lateral, radius)
+        canal_wall = _Intersection(_Cylinder(porion - 13 * lateral, porion, radius + 3.0), skull)
+        layers += [
+            _Layer(8, petrous, tissue.dense_bone),
+            _Layer(8, canal_wall, tissue.dense_bone),
+            _Layer(9, canal, _AIR, f"porion_{name}"),
+        ]
         landmarks[f"porion_{name}"] = porion
     return _Head(layers, landmarks)
 
@@ -580,6 +586,8 @@ def make_phantom(
         when the field of view is too small), and the landmarks in PHANTOM_LANDMARK_NAMES order.
     """
     size = _triple(size, "size", int)
+    if min(size) < 4:
+        raise ValueError(f"The phantom needs at least 4 voxels along every axis, got {size}.")
     spacing = _triple(spacing, "spacing", float)
     absent = (absent,) if isinstance(absent, str) else tuple(absent)
     unknown = sorted(set(absent) - set(PHANTOM_LANDMARK_NAMES))

@@ -17,6 +17,7 @@ from .schema import first_problem
 
 REGISTRY_ENV = "H3DE_REGISTRY"
 REGISTRY_SCHEMA = "registry.schema.json"
+MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
 
 
@@ -36,9 +37,18 @@ def version_key(version: str) -> tuple:
     return int(major), int(minor), int(patch), prerelease is None, identifiers
 
 
+def is_prerelease(version: str) -> bool:
+    """True for versions such as 1.0.0-rc.1."""
+    return SEMVER.match(version).group(4) is not None
+
+
 def parse_model_spec(spec: str) -> tuple[str, str | None]:
-    """``"ID@VERSION"`` → ``(ID, VERSION)``; ``"ID"`` → ``(ID, None)``."""
-    model_id, _, version = spec.partition("@")
+    """``"ID@VERSION"`` → ``(ID, VERSION)``; ``"ID"`` → ``(ID, None)``; anything else is an error."""
+    model_id, at, version = spec.partition("@")
+    if not MODEL_ID.match(model_id) or (at and not SEMVER.match(version)):
+        raise ModelPackageError(
+            f"{spec!r} is neither a model package directory nor a model id (\"ID\" or \"ID@VERSION\")."
+        )
     return model_id, version or None
 
 
@@ -73,7 +83,7 @@ class Registry:
         if not versions:
             raise ModelPackageError(f"Unknown model {model_id!r}; `h3de models list` shows the available models.")
         if version is None:
-            return max(versions, key=lambda entry: (SEMVER.match(entry.version)[4] is None, version_key(entry.version)))
+            return max(versions, key=lambda entry: (not is_prerelease(entry.version), version_key(entry.version)))
         for entry in versions:
             if entry.version == version:
                 return entry
@@ -91,7 +101,9 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelPackageError(f"The model registry {path} does not exist; set {REGISTRY_ENV} to a models.json.") from None
+        raise ModelPackageError(
+            f"The model registry {path} does not exist; set {REGISTRY_ENV} to a models.json."
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelPackageError(f"The model registry {path} is not valid JSON ({error}).") from None
     problem = first_problem(data, REGISTRY_SCHEMA, str(path))

@@ -8,6 +8,7 @@ unverified ever appears where `resolve_model` looks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -64,7 +65,8 @@ def download_model(spec: str, cache_dir: str | os.PathLike | None = None, regist
     return cache.package_dir(entry.id, entry.version)
 
 
-def download_file(url: str, destination: Path, sha256: str, size: int, partial: Path, *,
+def download_file(url: str, destination: str | os.PathLike, sha256: str, size: int,
+                  partial: str | os.PathLike, *,
                   progress: ProgressCallback | None = None, show_progress: bool = True,
                   description: str | None = None, timeout: tuple[float, float] = DEFAULT_TIMEOUT,
                   retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S,
@@ -77,16 +79,18 @@ def download_file(url: str, destination: Path, sha256: str, size: int, partial: 
     file left by a failed or interrupted call is resumed by the next one. `progress(done, total)`
     is called after every chunk; it may raise to cancel (the partial file is kept).
     """
+    destination, partial = Path(destination), Path(partial)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    session = session or requests.Session()
     reason = ""
-    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
-              disable=not show_progress) as bar:
+    own_or_given_session = requests.Session() if session is None else contextlib.nullcontext(session)
+    progress_bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
+                        disable=not show_progress)
+    with own_or_given_session as http, progress_bar as bar:
         for attempt in range(retries + 1):
             if attempt:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
             try:
-                _fetch(session, url, partial, size, timeout, bar, progress)
+                _fetch(http, url, partial, size, timeout, bar, progress)
                 break
             except _RetryableFailure as failure:
                 reason = str(failure)
@@ -106,7 +110,8 @@ def download_file(url: str, destination: Path, sha256: str, size: int, partial: 
     if actual != sha256:
         partial.unlink()
         raise DownloadError(
-            f"Checksum mismatch for {url}: expected sha256 {sha256[:12]}…, got {actual[:12]}…; the download was discarded."
+            f"Checksum mismatch for {url}: expected sha256 {sha256[:12]}…, got {actual[:12]}…; "
+            "the download was discarded."
         )
     destination.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, destination)
@@ -137,7 +142,9 @@ def _fetch(session: requests.Session, url: str, partial: Path, size: int, timeou
             raise _RetryableFailure("the server resumed at the wrong offset")
         if total is not None and total != size:
             partial.unlink(missing_ok=True)
-            raise DownloadError(f"Downloading {url} failed: the server offers {total} bytes, the registry expects {size}.")
+            raise DownloadError(
+                f"Downloading {url} failed: the server offers {total} bytes, the registry expects {size}."
+            )
         received = offset if status == 206 else 0
         bar.reset(total=size)
         bar.update(received)

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ModelPackageError
+from ..model.config import H3DEConfig
 from .schema import first_problem, sentence
 
 MANIFEST_SCHEMA = "manifest.schema.json"
@@ -48,9 +49,6 @@ def _semantic_problem(manifest: dict, source: str) -> str | None:
 
 
 def _architecture_problem(manifest: dict) -> tuple[str, str] | None:
-    # Imported here: H3DELandmarksLib.model loads packages through this package.
-    from ..model.config import H3DEConfig
-
     try:
         H3DEConfig.from_dict(manifest["architecture"])
     except ModelPackageError as error:

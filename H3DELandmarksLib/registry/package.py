@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ModelPackageError
+from ..model.config import H3DEConfig
 from .manifest import read_manifest, validate_manifest
 
 MANIFEST_FILE = "manifest.json"
@@ -47,10 +48,8 @@ class ModelPackage:
         return self.manifest["version"]
 
     @property
-    def config(self):
+    def config(self) -> H3DEConfig:
         """The network's `H3DEConfig`, built from the manifest's architecture."""
-        from ..model.config import H3DEConfig
-
         return H3DEConfig.from_dict(self.manifest["architecture"])
 
     @property

@@ -29,7 +29,7 @@ def resolve_model(id_or_path: str | os.PathLike, cache_dir: str | os.PathLike | 
                   registry: Registry | None = None) -> Path:
     """The package directory for a path, ``"ID"`` (newest version) or ``"ID@VERSION"``.
 
-    A path to a package directory is returned as is. A registered model resolves to its bundled
+    A path to a package directory is returned made absolute. A registered model resolves to its bundled
     package, else to its verified package in the cache; nothing is downloaded (see
     `download_model`), so this works offline.
     """
