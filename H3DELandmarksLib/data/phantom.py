@@ -345,7 +345,7 @@ def _face(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -
 
 
 def _ears(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -> _Head:
-    """Dense petrous bones, each with a bone-lined ear canal running in from the side."""
+    """Petrous bones and mastoid processes, each with a bone-lined ear canal running in from the side."""
     layers, landmarks = [], {}
     for name, side in _SIDES:
         level = _v(0, (4 + vary.offset(1.5)) * g[1], (-14 + vary.offset(1.5)) * g[2])
@@ -355,9 +355,12 @@ def _ears(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -
         radius = 2.5 * float(np.mean(g))
         canal = _Capsule(porion + 10 * lateral, porion - 11 * lateral, radius)
         canal_wall = _Intersection(_Cylinder(porion - 13 * lateral, porion, radius + 3.0), skull)
+        mastoid = _Ellipsoid(porion - 3 * lateral + _v(0, 6, -8) * g, _v(5, 6, 8) * g)
         layers += [
+            _Layer(_ENVELOPE, mastoid.grown(3.0), tissue.soft),
             _Layer(8, petrous, tissue.dense_bone),
             _Layer(8, canal_wall, tissue.dense_bone),
+            _Layer(8, mastoid, tissue.bone),
             _Layer(9, canal, _AIR, f"porion_{name}"),
         ]
         landmarks[f"porion_{name}"] = porion
