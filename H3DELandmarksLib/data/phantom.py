@@ -15,7 +15,7 @@ same seed with a different direction or `absent` list therefore gives the same a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -49,9 +49,12 @@ _BLUR_VOXELS = 0.45
 _SIDES = (("left", 1.0), ("right", -1.0))
 
 
+_Box = tuple[np.ndarray, np.ndarray]  # lowest and highest corner
+
+
 class _Shape(Protocol):
-    def bound(self) -> tuple[np.ndarray, float] | None:
-        """Centre and radius of a sphere holding the shape (anatomical mm), None if unbounded."""
+    def bound(self) -> _Box | None:
+        """Axis-aligned box holding the shape (anatomical mm), None if unbounded."""
 
     def contains(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Boolean mask of the points inside."""
@@ -74,8 +77,8 @@ class _Ellipsoid:
     centre: np.ndarray
     semi: np.ndarray
 
-    def bound(self) -> tuple[np.ndarray, float]:
-        return self.centre, float(np.max(self.semi))
+    def bound(self) -> _Box:
+        return self.centre - self.semi, self.centre + self.semi
 
     def contains(self, x, y, z):
         c, a = self.centre, self.semi
@@ -104,8 +107,8 @@ class _Capsule:
     b: np.ndarray
     radius: float
 
-    def bound(self) -> tuple[np.ndarray, float]:
-        return (self.a + self.b) / 2, float(np.linalg.norm(self.b - self.a) / 2 + self.radius)
+    def bound(self) -> _Box:
+        return np.minimum(self.a, self.b) - self.radius, np.maximum(self.a, self.b) + self.radius
 
     def contains(self, x, y, z):
         axis = self.b - self.a
@@ -134,8 +137,8 @@ class _Cylinder:
     b: np.ndarray
     radius: float
 
-    def bound(self) -> tuple[np.ndarray, float]:
-        return (self.a + self.b) / 2, float(np.hypot(np.linalg.norm(self.b - self.a) / 2, self.radius))
+    def bound(self) -> _Box:
+        return np.minimum(self.a, self.b) - self.radius, np.maximum(self.a, self.b) + self.radius
 
     def contains(self, x, y, z):
         axis = self.b - self.a
@@ -182,8 +185,9 @@ class _Intersection:
     def __init__(self, *shapes: _Shape) -> None:
         self.shapes = shapes
 
-    def bound(self) -> tuple[np.ndarray, float]:
-        return min((b for b in (s.bound() for s in self.shapes) if b is not None), key=lambda b: b[1])
+    def bound(self) -> _Box:
+        boxes = [box for box in (shape.bound() for shape in self.shapes) if box is not None]
+        return np.max([low for low, _ in boxes], axis=0), np.min([high for _, high in boxes], axis=0)
 
     def contains(self, x, y, z):
         mask = self.shapes[0].contains(x, y, z)
@@ -196,7 +200,7 @@ class _Difference:
     def __init__(self, kept: _Shape, removed: _Shape) -> None:
         self.kept, self.removed = kept, removed
 
-    def bound(self) -> tuple[np.ndarray, float] | None:
+    def bound(self) -> _Box | None:
         return self.kept.bound()
 
     def contains(self, x, y, z):
@@ -234,7 +238,13 @@ class _Tissue:
 
 
 class _Layer(NamedTuple):
-    """One solid painted with one value; layers are painted by increasing `order`."""
+    """One solid painted with one value; layers are painted by increasing `order`.
+
+    Orders: 0 soft-tissue envelope, 1-3 maxilla and its air cavities, 4-7 vault, sutures, brain,
+    ventricles, 8-9 skull base bones and the cavities cut in them, 10-12 orbits, 13 bones outside
+    the vault (nasal bone, occipital knob, mandible), 14-18 spine, spinal cord, dens, airway.
+    `removed_with` names the landmark whose absence removes the layer.
+    """
 
     order: int
     shape: _Shape
@@ -286,7 +296,8 @@ def _skull(vary: _Variation, g: np.ndarray, tissue: _Tissue) -> tuple[_Ellipsoid
     bregma = outer.surface_point(_v(0, (-6 + vary.offset(3)) * g[1], 0), axis=2, sign=1)
     suture_level = _HalfSpace(_v(0, 0, 0.25 * outer.semi[2]), _v(0, 0, 1))
     coronal = _Intersection(outer, _Slab(bregma, _v(0, 1, 0), 1.25), suture_level)
-    sagittal = _Intersection(outer, _Slab(bregma, _v(1, 0, 0), 1.25), _HalfSpace(bregma, _v(0, 1, 0)), suture_level)
+    behind_bregma = _HalfSpace(bregma, _v(0, 1, 0))
+    sagittal = _Intersection(outer, _Slab(bregma, _v(1, 0, 0), 1.25), behind_bregma, suture_level)
     knob_radius = 5.0 * vary.factor(0.15)
     knob_surface = outer.surface_point(_v(0, 0, (-6 + vary.offset(3)) * g[2]), axis=1, sign=1)
     knob = _sphere(knob_surface - _v(0, 1.5, 0), knob_radius)
@@ -430,11 +441,12 @@ def _spine(g: np.ndarray, tissue: _Tissue, bottom: float) -> list[_Layer]:
     ]
     top = -46.0
     while top * g[2] > low:
+        arch = _Difference(segment(9, top - 10, top - 2, 8), segment(9, top - 10, top - 2, 5))
         layers += [
             _Layer(14, segment(-1, top - 12, top, 7), tissue.bone),
             _Layer(15, segment(-1, top - 11, top - 1, 5.8), tissue.cancellous),
             _Layer(14, segment(-1, top - 15, top - 12, 6.5), tissue.disc),
-            _Layer(14, _Difference(segment(9, top - 10, top - 2, 8), segment(9, top - 10, top - 2, 5)), tissue.bone),
+            _Layer(14, arch, tissue.bone),
         ]
         top -= 15.0
     return layers
@@ -445,7 +457,7 @@ def _head(vary: _Variation) -> tuple[_Tissue, np.ndarray, _Head]:
     tissue = _Tissue.sample(vary.rng)
     g = vary.factor(0.06, 3)
     skull, cranium = _skull(vary, g, tissue)
-    parts = [cranium, _face(vary, g, tissue, skull), _ears(vary, g, tissue, skull), _mandible(vary, g, tissue, skull)]
+    parts = [cranium, *(part(vary, g, tissue, skull) for part in (_face, _ears, _mandible))]
     layers = [layer for part in parts for layer in part.layers]
     landmarks = {name: position for part in parts for name, position in part.landmarks.items()}
     dens = _dens(g)
@@ -454,10 +466,8 @@ def _head(vary: _Variation) -> tuple[_Tissue, np.ndarray, _Head]:
 
 
 def _bounding_sphere(layers: list[_Layer]) -> tuple[np.ndarray, float]:
-    """Sphere holding the head's soft-tissue envelope (the neck excluded)."""
-    points = np.concatenate(
-        [layer.shape.surface_points() for layer in layers if layer.order == _ENVELOPE and hasattr(layer.shape, "surface_points")]
-    )
+    """Sphere holding the soft-tissue envelope of the head's layers (the neck comes later)."""
+    points = np.concatenate([layer.shape.surface_points() for layer in layers if layer.order == _ENVELOPE])
     centre = (points.min(axis=0) + points.max(axis=0)) / 2
     return centre, float(np.max(np.linalg.norm(points - centre, axis=1))) + 2.0
 
@@ -488,7 +498,9 @@ class _Canvas:
         j = np.arange(nj, dtype=np.float32)[None, :, None]
         k = np.arange(nk, dtype=np.float32)[:, None, None]
         linear, offset = linear.astype(np.float32), offset.astype(np.float32)
-        self.x, self.y, self.z = ((offset[a] + linear[a, 0] * i) + (linear[a, 1] * j + linear[a, 2] * k) for a in range(3))
+        self.x, self.y, self.z = (
+            (offset[a] + linear[a, 0] * i) + (linear[a, 1] * j + linear[a, 2] * k) for a in range(3)
+        )
         self.hu = np.full(grid.array.shape, _AIR, np.float32)
 
     def paint(self, layer: _Layer) -> None:
@@ -498,15 +510,14 @@ class _Canvas:
         mask = layer.shape.contains(self.x[box], self.y[box], self.z[box])
         self.hu[box][mask] = layer.hu
 
-    def _box(self, bound: tuple[np.ndarray, float] | None) -> tuple[slice, slice, slice] | None:
-        """Array slices ``[k, j, i]`` covering the bounding sphere, None when it misses the grid."""
+    def _box(self, bound: _Box | None) -> tuple[slice, slice, slice] | None:
+        """Array slices ``[k, j, i]`` covering an anatomical box, None when it misses the grid."""
         if bound is None:
             return (slice(None),) * 3
-        centre, radius = bound
-        ijk = self.grid.physical_to_index(self.pose.to_lps(centre))
-        half = self.pose.scale * radius / np.asarray(self.grid.spacing) + 1.0
-        low = np.maximum(np.floor(ijk - half).astype(int), 0)
-        high = np.minimum(np.ceil(ijk + half).astype(int) + 1, self.grid.shape_ijk)
+        corners = np.array([[bound[c][a] for a, c in enumerate(choice)] for choice in np.ndindex(2, 2, 2)])
+        ijk = self.grid.physical_to_index(self.pose.to_lps(corners))
+        low = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)
+        high = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, self.grid.shape_ijk)
         if np.any(low >= high):
             return None
         return tuple(slice(low[a], high[a]) for a in (2, 1, 0))
@@ -553,6 +564,36 @@ def _triple(value, what: str, kind: type) -> tuple:
     return values
 
 
+def _grid(
+    size: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    direction,
+    flip: bool | None,
+    rng: np.random.Generator,
+    head_position: np.ndarray,
+    slack: float,
+) -> Volume:
+    """An empty volume whose centre lies within `slack` mm of the head's position."""
+    matrix = _matrix_option(direction, _random_direction(rng), "direction", proper=False)
+    random_flip = bool(rng.uniform() < 0.5)
+    if flip is None:
+        flip = random_flip and isinstance(direction, str)
+    if flip:
+        matrix = matrix * _v(-1, 1, 1)
+    centre = head_position + _unit(rng.standard_normal(3)) * rng.uniform() * slack
+    origin = centre - matrix @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
+    return Volume(np.zeros(size[::-1], np.int16), spacing, tuple(float(o) for o in origin), matrix)
+
+
+def _scanned(sharp: Volume, noise_hu: float, rng: np.random.Generator) -> np.ndarray:
+    """The image as a scanner would give it: blurred, noisy, rounded to int16 HU."""
+    sigma = [_BLUR_VOXELS * s for s in sharp.spacing]
+    hu = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sharp.to_sitk(), sigma))
+    if noise_hu > 0:
+        hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
+    return np.rint(np.clip(hu, *HU_RANGE)).astype(np.int16)
+
+
 def make_phantom(
     seed: int,
     size: int | Sequence[int] = (96, 96, 96),
@@ -595,7 +636,8 @@ def make_phantom(
     absent = (absent,) if isinstance(absent, str) else tuple(absent)
     unknown = sorted(set(absent) - set(PHANTOM_LANDMARK_NAMES))
     if unknown:
-        raise ValueError(f"Unknown phantom landmark(s) {', '.join(unknown)}; choose from {', '.join(PHANTOM_LANDMARK_NAMES)}.")
+        choices = ", ".join(PHANTOM_LANDMARK_NAMES)
+        raise ValueError(f"Unknown phantom landmark(s) {', '.join(unknown)}; choose from {choices}.")
     shape_rng, pose_rng, grid_rng, noise_rng = (
         np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(4)
     )
@@ -606,29 +648,15 @@ def make_phantom(
     scale = min(1.0, _FILL * room / radius)
     rotation = _matrix_option(rotation, _random_tilt(pose_rng), "rotation", proper=True)
     pose = _Pose(centre, scale, rotation, pose_rng.uniform(-150.0, 150.0, 3))
-
-    matrix = _matrix_option(direction, _random_direction(grid_rng), "direction", proper=False)
-    random_flip = bool(grid_rng.uniform() < 0.5)
-    if flip is None:
-        flip = random_flip and isinstance(direction, str)
-    if flip:
-        matrix = matrix * _v(-1, 1, 1)
-    shift = _unit(grid_rng.standard_normal(3)) * grid_rng.uniform() * (room - scale * radius)
-    grid_centre = pose.position + shift
-    origin = grid_centre - matrix @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
-    grid = Volume(np.zeros(size[::-1], np.int16), spacing, tuple(float(o) for o in origin), matrix)
+    slack = room - scale * radius
+    grid = _grid(size, spacing, direction, flip, grid_rng, pose.position, slack)
 
     canvas = _Canvas(grid, pose)
     layers = head.layers + _spine(g, tissue, bottom=float(canvas.z.min()))
     for layer in sorted(layers, key=lambda layer: layer.order):
         if layer.removed_with not in absent:
             canvas.paint(layer)
-    image = Volume(canvas.hu, spacing, grid.origin, matrix).to_sitk()
-    blurred = sitk.SmoothingRecursiveGaussian(image, [_BLUR_VOXELS * s for s in spacing])
-    hu = sitk.GetArrayFromImage(blurred)
-    if noise_hu > 0:
-        hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
-    array = np.rint(np.clip(hu, *HU_RANGE)).astype(np.int16)
+    array = _scanned(replace(grid, array=canvas.hu), noise_hu, noise_rng)
 
     present = np.array([name not in absent for name in PHANTOM_LANDMARK_NAMES])
     positions = np.full((len(PHANTOM_LANDMARK_NAMES), 3), np.nan)
@@ -641,4 +669,4 @@ def make_phantom(
         present=present,
         descriptions=list(PHANTOM_LANDMARKS.values()),
     )
-    return Volume(array, spacing, grid.origin, matrix), landmarks
+    return replace(grid, array=array), landmarks
