@@ -82,3 +82,12 @@ def test_proposal_head_on_odd_sizes():
     with torch.inference_mode():
         out = net(torch.randn(1, 1, 50, 37, 29))
     assert out.shape == (1, 13, 10, 8, 4, 7)
+
+
+def test_too_small_input_gets_a_clear_error():
+    net = build_model(default_config(2, embed_dims=(16, 32, 64, 128), qk_dims=(16, 32, 64, 128))).eval()
+    with pytest.raises(ValueError, match="more than 32 voxels"):
+        with torch.inference_mode():
+            net(torch.zeros(1, 1, 32, 32, 32))
+    with torch.inference_mode():
+        assert net(torch.zeros(1, 1, 33, 20, 16)).shape == (1, 2, 17, 10, 8)

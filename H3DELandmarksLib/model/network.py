@@ -89,6 +89,10 @@ class H3DENet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) -> heatmaps (B, L, X/s, Y/s, Z/s) with s the output stride, or
         proposals (B, X/4, Y/4, Z/4, A, 3 + L): per cell and anchor 3 offsets and L class logits."""
+        deepest = [-(-size // 32) for size in x.shape[2:]]
+        if deepest[0] * deepest[1] * deepest[2] < 2:
+            raise ValueError(f"H3DE-Net needs an input of more than 32 voxels along at least one axis, "
+                             f"not {'x'.join(map(str, x.shape[2:]))} (its deepest stage normalises over the grid).")
         f0, f1, f2, f3 = self.encode(x)
         y = self.up2(self.up1(self.up0(f3, f2), f1), f0)
         if self.config.head == "proposals":
