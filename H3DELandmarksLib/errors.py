@@ -27,3 +27,7 @@ class CheckpointError(H3DEError):
 
 class DownloadError(H3DEError):
     """A model download failed (network, HTTP status, truncated transfer, checksum)."""
+
+
+class DetectionCancelled(H3DEError):
+    """Landmark detection was cancelled by the user before it finished."""

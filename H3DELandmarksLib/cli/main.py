@@ -15,9 +15,12 @@ from .. import __version__
 from ..errors import H3DEError
 
 SUBCOMMAND_MODULES = [
+    "detect",
+    "evaluate",
     "import_checkpoint",
     "info",
     "models",
+    "train",
 ]
 
 

@@ -119,6 +119,7 @@ def import_checkpoint(checkpoint: str | os.PathLike, landmark_names: list[str], 
                         "patch_size": list(map(int, patch_size))}],
         },
         "confidence_threshold": confidence_threshold,
+        "heatmap_peak": 2.0,
         "training": {
             "provenance": {"imported_from": checkpoint.name, "sha256": digest},
             "data": {"note": "trained by the checkpoint's authors; data not recorded in the checkpoint"},

@@ -1,0 +1,335 @@
+"""`h3de detect INPUT... --model ID|PATH --out DIR`: find a model's landmarks in volumes.
+
+Inputs are volume files, DICOM folders, folders of volumes (subfolders too with --recursive) and
+glob patterns. Each case writes ``<case>.mrk.json``, ``<case>.csv`` and/or ``<case>.json`` into
+--out (case = file name without its volume extension, or the DICOM folder's name); an existing
+output is refused unless --overwrite. A failing case is reported in one sentence and the others
+still run; a summary table ends the run and the exit status is 0 only if every case succeeded.
+``--progress json`` prints one JSON object per line on stdout and nothing else there: ``start``,
+``progress`` (case, step, fraction), ``case_done`` and ``done`` events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from .. import __version__
+from ..data.landmark_files import write_csv, write_json, write_mrk_json
+from ..data.volume_io import FORMAT_NAMES, read_volume, volume_format
+from ..errors import H3DEError
+from ..inference import Predictor
+from ..inference.device import DEVICES
+
+FORMATS = ("mrk.json", "csv", "json")
+GLOB_CHARACTERS = "*?["
+
+
+@dataclass
+class Case:
+    """One volume to process: a file or a DICOM folder; `problem` is set when the input itself is unusable."""
+
+    path: Path
+    name: str = ""
+    problem: str | None = None
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case."""
+
+    case: Case
+    ok: bool
+    seconds: float
+    present: int = 0
+    absent: int = 0
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `detect` sub-command."""
+    parser = subparsers.add_parser(
+        "detect",
+        help="detect landmarks in volumes and write .mrk.json, CSV and JSON files",
+        description="Detect a model's landmarks in volume files, DICOM folders, folders of volumes and globs.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="volume file, DICOM folder, folder of volumes, or glob pattern (quote it)")
+    parser.add_argument("--model", required=True, metavar="ID|PATH",
+                        help="model id (ID or ID@VERSION, bundled or downloaded) or package folder")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the output files")
+    parser.add_argument("--format", type=parse_formats, default=list(FORMATS), metavar="LIST",
+                        help="comma-separated output formats among mrk.json, csv, json (default: all three)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where the network runs (auto: cuda, then mps, then cpu)")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for PyTorch")
+    parser.add_argument("--threshold", type=probability, metavar="T",
+                        help="confidence below which a landmark is reported absent (default: the model's)")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="model cache folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--recursive", action="store_true", help="also take volumes in subfolders of folders")
+    parser.add_argument("--shard", type=parse_shard, metavar="I/N",
+                        help="process only every N-th case, starting with the I-th (1-based), after sorting")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                        help="progress display: a bar on stderr, JSON lines on stdout, or none")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Detect landmarks in every selected case; returns 0 if all succeeded, else 2."""
+    started = time.perf_counter()
+    cases = expand_inputs(args.inputs, args.recursive)
+    if args.shard:
+        index, count = args.shard
+        cases = cases[index - 1::count]
+    events = JsonEvents() if args.progress == "json" else None
+    loading = time.perf_counter()
+    predictor = Predictor.from_model(args.model, device=args.device, threads=args.threads,
+                                     cache_dir=args.cache_dir, confidence_threshold=args.threshold)
+    load_seconds = time.perf_counter() - loading
+    if events:
+        events.emit(event="start", cases=len(cases), model_id=predictor.model_id,
+                    model_version=predictor.model_version, device=str(predictor.device),
+                    load_seconds=load_seconds)
+    results = []
+    for number, case in enumerate(cases, start=1):
+        result = detect_case(predictor, case, args, events, number, len(cases))
+        results.append(result)
+        if result.error:
+            print(f"h3de: error: {case.name}: {result.error}", file=sys.stderr)
+        if events:
+            events.emit(event="case_done", case=case.name, input=str(case.path),
+                        status="ok" if result.ok else "failed", present=result.present, absent=result.absent,
+                        seconds=result.seconds, outputs=result.outputs, timings=result.timings, error=result.error)
+    failed = sum(not result.ok for result in results)
+    if events:
+        events.emit(event="done", cases=len(results), succeeded=len(results) - failed, failed=failed,
+                    seconds=time.perf_counter() - started, load_seconds=load_seconds)
+    print(summary_table(results), file=sys.stderr if events else sys.stdout)
+    return 2 if failed else 0
+
+
+def detect_case(predictor: Predictor, case: Case, args: argparse.Namespace, events: "JsonEvents | None",
+                number: int, total: int) -> CaseResult:
+    """Read, detect and write one case; user errors become a failed result, never an exception."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    bar = None
+    try:
+        if case.problem:
+            raise H3DEError(case.problem)
+        outputs = [args.out / f"{case.name}.{extension}" for extension in args.format]
+        existing = [path for path in outputs if path.exists()]
+        if existing and not args.overwrite:
+            raise H3DEError(f"{existing[0]} already exists; pass --overwrite to replace it.")
+        reading = time.perf_counter()
+        volume = read_volume(case.path)
+        timings["read"] = time.perf_counter() - reading
+        if events:
+            def progress(step: str, fraction: float) -> None:
+                events.emit(event="progress", case=case.name, index=number, total=total, step=step, fraction=fraction)
+        elif args.progress == "bar":
+            bar = tqdm(total=100, desc=f"{case.name} ({number}/{total})", unit="%", file=sys.stderr, leave=False)
+
+            def progress(step: str, fraction: float) -> None:
+                bar.update(round(100 * fraction) - bar.n)
+        else:
+            progress = None
+        detection = predictor.predict(volume, progress=progress)
+        timings.update(detection.timings)
+        writing = time.perf_counter()
+        write_outputs(detection, volume, case, outputs, predictor, args.overwrite, timings)
+        timings["write"] = time.perf_counter() - writing
+        present = int(detection.landmarks.present.sum())
+        return CaseResult(case, True, time.perf_counter() - started, present, len(detection.landmarks) - present,
+                          outputs=[str(path) for path in outputs], timings=timings)
+    except H3DEError as error:
+        return CaseResult(case, False, time.perf_counter() - started, error=str(error), timings=timings)
+    except (MemoryError, torch.OutOfMemoryError):
+        message = f"{case.path} needs more memory than is available (try --device cpu or a smaller volume)."
+        return CaseResult(case, False, time.perf_counter() - started, error=message, timings=timings)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def write_outputs(detection, volume, case: Case, outputs: list[Path], predictor: Predictor, overwrite: bool,
+                  timings: dict[str, float]) -> None:
+    """Write the detection in each requested format (atomically; refused over a file unless `overwrite`)."""
+    landmarks = detection.landmarks
+    for path in outputs:
+        name = path.name.lower()
+        if name.endswith(".mrk.json"):
+            write_mrk_json(path, landmarks, overwrite=overwrite)
+        elif name.endswith(".csv"):
+            write_csv(path, landmarks, volume, detection.model_id, detection.model_version, overwrite=overwrite)
+        else:
+            metadata = {
+                "model_id": detection.model_id,
+                "model_version": detection.model_version,
+                **input_facts(case.path),
+                "software": "h3de-landmarks",
+                "software_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "device": str(predictor.device),
+                "confidence_threshold": predictor.confidence_threshold,
+                "timings_s": {key: round(value, 4) for key, value in timings.items()},
+            }
+            write_json(path, landmarks, volume, metadata, overwrite=overwrite)
+
+
+def input_facts(path: Path) -> dict:
+    """Input path, size in bytes and modification time (for a folder: all files under it, the newest)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    stats = [p.stat() for p in files]
+    modified = max((s.st_mtime for s in stats), default=path.stat().st_mtime)
+    return {
+        "input_file": str(path.resolve()),
+        "input_size_bytes": sum(s.st_size for s in stats),
+        "input_modified": datetime.fromtimestamp(modified, timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def expand_inputs(inputs: list[str], recursive: bool) -> list[Case]:
+    """Cases of all inputs, sorted by path, duplicates removed, with unique names.
+
+    A folder holding volume files gives those files (and, with `recursive`, the volumes and DICOM
+    series folders below it); a folder without volume files is read as a DICOM folder (its
+    series with the most slices, searched in subfolders too). A glob gives what it matches; one
+    matching nothing, or a folder holding nothing usable, becomes a failing case.
+    """
+    cases: dict[Path, Case] = {}
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.exists():
+            found = cases_at(path, recursive, explicit=True)
+        elif any(character in text for character in GLOB_CHARACTERS):
+            matches = sorted(glob.glob(os.path.expanduser(text), recursive=recursive))
+            found = [case for match in matches for case in cases_at(Path(match), recursive, explicit=False)]
+            if not matches:
+                found = [Case(path, problem=f"The pattern {text!r} matches no file or folder.")]
+        else:
+            found = [Case(path)]
+        for case in found:
+            cases.setdefault(case.path.resolve() if case.path.exists() else case.path, case)
+    ordered = sorted(cases.values(), key=lambda case: str(case.path.resolve()))
+    assign_names(ordered)
+    return ordered
+
+
+def cases_at(path: Path, recursive: bool, explicit: bool) -> list[Case]:
+    """Cases for one existing path (an explicitly named file is taken whatever its extension)."""
+    if path.is_file():
+        return [Case(path)] if explicit or volume_format(path) else []
+    files = sorted(p for p in path.iterdir() if p.is_file() and volume_format(p))
+    if not recursive:
+        return [Case(p) for p in files] or [Case(path)]
+    found = [Case(path)] if not files and dicom_series_here(path) else [Case(p) for p in files]
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        found += cases_at(folder, recursive, explicit=False)
+    if not found and explicit:
+        found = [Case(path, problem=f"Folder {path} holds no volume files or DICOM series.")]
+    return found
+
+
+def dicom_series_here(folder: Path) -> bool:
+    """True when GDCM finds a DICOM series among the files directly in `folder` (ITK's warnings hidden)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def case_name(path: Path) -> str:
+    """File name without its volume extension (.nii.gz, .nrrd, ...), or the folder's name."""
+    name = path.name
+    for suffix in sorted(FORMAT_NAMES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def assign_names(cases: list[Case]) -> None:
+    """Give each case a unique output name: its own name, prefixed by its folder's name when
+    that is ambiguous, numbered when still ambiguous."""
+    bases = [case_name(case.path) for case in cases]
+    for case, base in zip(cases, bases):
+        case.name = f"{case.path.resolve().parent.name}_{base}" if bases.count(base) > 1 else base
+    seen: dict[str, int] = {}
+    for case in cases:
+        seen[case.name] = seen.get(case.name, 0) + 1
+        if seen[case.name] > 1:
+            case.name = f"{case.name}-{seen[case.name]}"
+
+
+def summary_table(results: list[CaseResult]) -> str:
+    """Aligned table: case, status, landmarks present and absent, seconds; then each failure's reason."""
+    rows = [("case", "status", "present", "absent", "seconds")]
+    for result in results:
+        counts = (str(result.present), str(result.absent)) if result.ok else ("-", "-")
+        rows.append((result.case.name, "ok" if result.ok else "failed", *counts, f"{result.seconds:.1f}"))
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    lines = ["  ".join(value.ljust(width) if column < 2 else value.rjust(width)
+                       for column, (value, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    failed = [result for result in results if not result.ok]
+    lines.append(f"{len(results) - len(failed)} of {len(results)} cases succeeded.")
+    lines += [f"  {result.case.name}: {result.error}" for result in failed]
+    return "\n".join(lines)
+
+
+class JsonEvents:
+    """Machine-readable progress: one JSON object per line on stdout, flushed at once."""
+
+    def emit(self, **event) -> None:
+        print(json.dumps(event), flush=True)
+
+
+def parse_formats(text: str) -> list[str]:
+    """"mrk.json,csv" -> ["mrk.json", "csv"] (each of FORMATS, no repeats)."""
+    formats = []
+    for item in (part.strip().lower().lstrip(".") for part in text.split(",")):
+        if item not in FORMATS:
+            raise argparse.ArgumentTypeError(f"unknown format {item!r}; use {', '.join(FORMATS)}")
+        if item not in formats:
+            formats.append(item)
+    return formats
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"2/5" -> (2, 5), with 1 <= I <= N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N, e.g. 1/4") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"shard {text!r} needs 1 <= I <= N")
+    return index, count
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value

@@ -1,0 +1,266 @@
+"""The two-stage landmark predictor: whole volume at the coarse spacing, then local fine patches.
+
+Stage 1 (the manifest's "coarse" stage) runs on the whole volume resampled to the coarse spacing,
+in overlapping windows when it is larger than the coarse patch, and gives a coarse position per
+landmark. Stage 2 (the "fine" stage) resamples patches at the fine spacing centred on those
+positions, a few landmarks per patch when they fit, and decodes each landmark from its own channel
+in its own patch: the refined position and the confidence. A manifest with a single stage runs it
+in windows over the whole volume. No ground truth is used anywhere. Positions are LPS millimetres;
+the network sees (B, 1, X, Y, Z) with X, Y, Z the patch's i, j, k axes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.landmarks import Landmarks
+from ..data.volume import Volume
+from ..errors import DetectionCancelled, H3DEError
+from ..model.config import H3DEConfig
+from ..model.decoding import decode_heatmaps, decode_proposals
+from ..registry.manifest import validate_manifest
+from .device import precision_context, resolve_device, set_threads
+from .preprocessing import IntensityMap, extract_patch, grid_window_centre, stage_direction, stage_grid
+from .tiling import PeakSelection, group_landmarks, plan_windows
+
+ProgressCallback = Callable[[str, float], None]
+# Share of the progress bar taken by the coarse stage when there are two stages.
+COARSE_SHARE = 0.3
+GPU_BATCH_SIZE = 4
+
+
+@dataclass
+class Detection:
+    """What one detection found.
+
+    Attributes:
+        landmarks: names, LPS positions, confidence and present/absent (an absent landmark keeps
+            its best-guess position).
+        model_id, model_version: the model that found them.
+        timings: seconds per step: "<stage>_preprocessing" (resampling and intensity mapping),
+            "<stage>_network", "<stage>_decoding" for each stage name, and "total".
+        coarse_positions: (L, 3) LPS positions of the coarse stage, None without one.
+    """
+
+    landmarks: Landmarks
+    model_id: str
+    model_version: str
+    timings: dict[str, float] = field(default_factory=dict)
+    coarse_positions: np.ndarray | None = None
+
+
+@dataclass
+class _Peaks:
+    """Positions (L, 3) LPS and confidences (L,) of one stage."""
+
+    positions: np.ndarray
+    confidence: np.ndarray
+
+
+class _Progress:
+    """Reports monotonically increasing overall fractions and raises when cancelled."""
+
+    def __init__(self, callback: ProgressCallback | None, cancel: threading.Event | None) -> None:
+        self.callback = callback
+        self.cancel = cancel
+        self.fraction = 0.0
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise DetectionCancelled("Landmark detection was cancelled.")
+
+    def report(self, step: str, fraction: float) -> None:
+        self.check()
+        self.fraction = max(self.fraction, min(1.0, float(fraction)))
+        if self.callback is not None:
+            self.callback(step, self.fraction)
+
+
+class Predictor:
+    """Runs a model package's network on volumes of any orientation, spacing and size.
+
+    Args:
+        net: the network; ``net(x)`` maps (B, 1, X, Y, Z) to heatmaps (B, L, X/s, Y/s, Z/s) or
+            proposals (B, X/4, Y/4, Z/4, A, 3 + L); ``net.output_stride`` is s.
+        manifest: the package manifest (validated here): landmarks, preprocessing, threshold.
+        device: "auto" (cuda, mps, cpu), "cuda", "mps" or "cpu".
+        threads: CPU threads for PyTorch (None: PyTorch's default).
+        confidence_threshold: overrides the manifest's threshold below which a landmark is absent.
+        batch_size: patches per forward pass (default: 1 on CPU, 4 on a GPU).
+    """
+
+    def __init__(self, net: nn.Module, manifest: dict, device: str = "auto", threads: int | None = None,
+                 confidence_threshold: float | None = None, batch_size: int | None = None) -> None:
+        validate_manifest(manifest)
+        set_threads(threads)
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.manifest = manifest
+        self.config = H3DEConfig.from_dict(manifest["architecture"])
+        self.names = [landmark["name"] for landmark in manifest["landmarks"]]
+        self.descriptions = [landmark.get("description", "") for landmark in manifest["landmarks"]]
+        preprocessing = manifest["preprocessing"]
+        self.orientation = preprocessing["orientation"]
+        self.intensity = IntensityMap.from_manifest(preprocessing["intensity"])
+        self.stages = preprocessing["stages"]
+        self.heatmap_peak = float(manifest.get("heatmap_peak", 1.0))
+        threshold = manifest["confidence_threshold"] if confidence_threshold is None else confidence_threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise H3DEError(f"The confidence threshold must lie between 0 and 1, not {threshold}.")
+        self.confidence_threshold = float(threshold)
+        self.batch_size = batch_size or (1 if self.device.type == "cpu" else GPU_BATCH_SIZE)
+
+    @classmethod
+    def from_model(cls, id_or_path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                   cache_dir: str | os.PathLike | None = None, confidence_threshold: float | None = None,
+                   batch_size: int | None = None) -> "Predictor":
+        """Predictor for a model package path, "ID" or "ID@VERSION" (bundled or cached, offline)."""
+        from ..model.package_loading import load_package
+        from ..registry import resolve_model
+
+        net = load_package(resolve_model(id_or_path, cache_dir=cache_dir))
+        return cls(net, net.package.manifest, device=device, threads=threads,
+                   confidence_threshold=confidence_threshold, batch_size=batch_size)
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest["version"]
+
+    def predict(self, volume: Volume, progress: ProgressCallback | None = None,
+                cancel: threading.Event | None = None) -> Detection:
+        """Detect the model's landmarks in `volume`.
+
+        `progress(step, fraction)` gets increasing overall fractions, the last one 1.0; `cancel`
+        is checked between windows and patches and raises `DetectionCancelled` once set.
+        """
+        started = time.perf_counter()
+        reporter = _Progress(progress, cancel)
+        timings: dict[str, float] = defaultdict(float)
+        reporter.report("start", 0.0)
+        coarse_positions = None
+        if len(self.stages) == 2:
+            coarse = self._whole_volume(volume, self.stages[0], reporter, (0.0, COARSE_SHARE), timings)
+            coarse_positions = coarse.positions
+            final = self._refine(volume, self.stages[1], coarse.positions, reporter, (COARSE_SHARE, 1.0), timings)
+        else:
+            final = self._whole_volume(volume, self.stages[0], reporter, (0.0, 1.0), timings)
+        landmarks = Landmarks(
+            names=list(self.names),
+            positions=final.positions,
+            present=final.confidence >= self.confidence_threshold,
+            confidence=final.confidence,
+            descriptions=list(self.descriptions),
+        )
+        timings["total"] = time.perf_counter() - started
+        reporter.report("done", 1.0)
+        return Detection(landmarks, self.model_id, self.model_version, dict(timings), coarse_positions)
+
+    def _whole_volume(self, volume: Volume, stage: dict, reporter: _Progress, span: tuple[float, float],
+                      timings: dict[str, float]) -> _Peaks:
+        """Run `stage` over all of `volume` in windows; the best in-core peak per landmark."""
+        name, size = stage["name"], np.asarray(stage["patch_size"], int)
+        grid = stage_grid(volume, stage["spacing_mm"], self.orientation)
+        windows = plan_windows(grid.shape_ijk, size)
+        selection = PeakSelection(len(self.names))
+        everyone = list(range(len(self.names)))
+        for done, batch in _batches(windows, self.batch_size):
+            reporter.check()
+            with _timed(timings, f"{name}_preprocessing"):
+                patches = [extract_patch(volume, grid_window_centre(grid, window.start, size), size,
+                                         grid.spacing, grid.direction, self.intensity.clip_min)
+                           for window in batch]
+            outputs = self._forward(patches, timings, name)
+            with _timed(timings, f"{name}_decoding"):
+                for window, patch, output in zip(batch, patches, outputs):
+                    coordinates, confidence, score = self._decode(output, everyone)
+                    in_core = window.owns(window.start + coordinates)
+                    selection.offer(everyone, patch.index_to_physical(coordinates), confidence, score, in_core)
+            reporter.report(name, _within(span, (done + len(batch)) / len(windows)))
+        return _Peaks(selection.positions, selection.confidence)
+
+    def _refine(self, volume: Volume, stage: dict, positions: np.ndarray, reporter: _Progress,
+                span: tuple[float, float], timings: dict[str, float]) -> _Peaks:
+        """Run `stage` in patches centred on `positions`; each landmark from its own channel."""
+        name, size = stage["name"], np.asarray(stage["patch_size"], int)
+        spacing = np.asarray(stage["spacing_mm"], float)
+        direction = stage_direction(volume, self.orientation)
+        groups = group_landmarks(positions, direction, spacing, size)
+        refined = _Peaks(np.full_like(positions, np.nan), np.full(len(self.names), np.nan))
+        for done, batch in _batches(groups, self.batch_size):
+            reporter.check()
+            with _timed(timings, f"{name}_preprocessing"):
+                patches = [extract_patch(volume, group.centre, size, spacing, direction, self.intensity.clip_min)
+                           for group in batch]
+            outputs = self._forward(patches, timings, name)
+            with _timed(timings, f"{name}_decoding"):
+                for group, patch, output in zip(batch, patches, outputs):
+                    coordinates, confidence, _ = self._decode(output, group.landmarks)
+                    refined.positions[group.landmarks] = patch.index_to_physical(coordinates)
+                    refined.confidence[group.landmarks] = confidence
+            reporter.report(name, _within(span, (done + len(batch)) / len(groups)))
+        return refined
+
+    def _forward(self, patches: list[Volume], timings: dict[str, float], stage_name: str) -> torch.Tensor:
+        """Network output (float32, on the device) for a batch of patches of equal size."""
+        with _timed(timings, f"{stage_name}_preprocessing"):
+            arrays = [self.intensity.apply(patch.array).transpose(2, 1, 0) for patch in patches]
+            x = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)[:, None])).to(self.device)
+        with _timed(timings, f"{stage_name}_network"):
+            with torch.inference_mode(), precision_context(self.device):
+                output = self.net(x)
+            output = output.float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            elif self.device.type == "mps":
+                torch.mps.synchronize()
+        return output
+
+    def _decode(self, output: torch.Tensor, landmarks: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coordinates (n, 3) in patch voxels (i, j, k), confidences and comparable scores of
+        `landmarks` from one patch's output."""
+        with torch.inference_mode():
+            if self.config.head == "proposals":
+                coordinates, confidence = decode_proposals(output, self.config.anchor_radii, self.net.output_stride)
+                logits = output[..., 3:].reshape(-1, output.shape[-1] - 3)
+                score = logits.amax(0)
+                coordinates, confidence, score = coordinates[landmarks], confidence[landmarks], score[landmarks]
+            else:
+                maps = output[landmarks]
+                coordinates, confidence = decode_heatmaps(maps, self.net.output_stride, self.heatmap_peak)
+                score = maps.reshape(len(landmarks), -1).amax(1)
+        return (coordinates.cpu().double().numpy(), confidence.cpu().double().numpy(),
+                score.cpu().double().numpy())
+
+
+def _batches(items: Sequence, size: int) -> Iterator[tuple[int, list]]:
+    """(number of items before the batch, batch) for consecutive batches of `size` items."""
+    for first in range(0, len(items), size):
+        yield first, list(items[first:first + size])
+
+
+def _within(span: tuple[float, float], fraction: float) -> float:
+    return span[0] + (span[1] - span[0]) * fraction
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds spent in the block to ``timings[key]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] += time.perf_counter() - started
