@@ -1,0 +1,279 @@
+"""`h3de evaluate`: score landmark predictions against truth and write a report folder.
+
+Two modes:
+
+- ``--predictions DIR --truth DIR``: compare files by case name; predictions are
+  ``<case>.mrk.json`` as written by ``h3de detect``; truth is ``<case>.mrk.json``, ``.fcsv`` or
+  ``.csv``. Every prediction needs a truth file; truth files without a prediction are reported.
+- ``--model ID|PATH --data DIR``: run the model on every case of a dataset folder, read by
+  `GenericDataset` (``volumes/<case>.<ext>``, ``landmarks/<case>.mrk.json``, optional
+  ``cases.csv``) or, when it holds ``<case>_volume.nrrd`` files, `MMLDDataset`; record the
+  seconds each detection takes, keep the predictions in ``REPORT/predictions/`` and evaluate them.
+
+``--cases`` keeps some cases: comma-separated names, or values of a ``cases.csv`` column (a case
+is kept when its name or one of its cells equals an item, so ``--cases exact`` keeps the rows whose
+``landmarks`` column says "exact"). ``cases.csv`` is read from the dataset folder, or, in the first
+mode, beside or inside the truth folder.
+
+Errors are also given in voxels of the median voxel spacing, taken from the volumes (in the first
+mode: ``--voxel-mm``, or the headers of a ``volumes`` folder beside the truth folder). SDR
+thresholds default to `default_thresholds` of that spacing (clinical 2/2.5/3/4 mm when unknown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import __version__
+from ..data.datasets import CASES_FILE, GenericDataset, MMLDDataset, read_cases_file
+from ..data.landmark_files import read_json_metadata, read_landmarks, write_landmarks
+from ..data.volume_io import volume_format
+from ..errors import H3DEError, LandmarkFileError, VolumeError
+from ..inference.device import DEVICES
+from ..training.evaluation import PLOTS_SKIPPED, check_report_folder, write_report
+from ..training.metrics import CLINICAL_THRESHOLDS_MM, default_thresholds, evaluate_cases, threshold_rule
+
+PREDICTION_SUFFIX = ".mrk.json"
+TRUTH_SUFFIXES = (".mrk.json", ".fcsv", ".csv")
+TIMING_FILE = "timing.csv"
+MMLD_VOLUME_PATTERN = "*_volume.nrrd"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `evaluate` sub-command."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score predicted landmarks against truth (MRE, SDR, absent landmarks) into a report",
+        description=(
+            "Score landmark predictions against truth and write summary.md, CSV tables and PNG plots. "
+            "Either compare prediction files with truth files (--predictions, --truth) or run a model "
+            "on a dataset folder (--model, --data)."
+        ),
+    )
+    files = parser.add_argument_group("compare files")
+    files.add_argument("--predictions", type=Path, metavar="DIR", help="folder of <case>.mrk.json predictions")
+    files.add_argument("--truth", type=Path, metavar="DIR", help="folder of <case>.mrk.json/.fcsv/.csv truth")
+    files.add_argument("--voxel-mm", type=_positive_mm, metavar="MM", help="voxel size to express errors in voxels")
+    model = parser.add_argument_group("run a model")
+    model.add_argument("--model", metavar="ID|PATH", help="model id or package path")
+    model.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (generic or MMLD layout)")
+    model.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
+    model.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch")
+    model.add_argument("--threshold", type=float, metavar="T",
+                       help="confidence below which a landmark is absent (default: the model's)")
+    parser.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="report folder")
+    parser.add_argument("--cases", metavar="SELECTION", help="comma-separated case names or cases.csv values")
+    parser.add_argument("--thresholds", type=_thresholds, metavar="MM,...", help="SDR thresholds in mm")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate in the mode the options choose; returns 0."""
+    comparing = args.predictions is not None or args.truth is not None
+    running = args.model is not None or args.data is not None
+    if comparing == running:
+        raise H3DEError("Give either --predictions and --truth, or --model and --data.")
+    check_report_folder(args.out, args.overwrite)
+    if comparing:
+        pairs, seconds, voxel_mm, provenance = _compare_files(args)
+    else:
+        pairs, seconds, voxel_mm, provenance = _run_model(args)
+    thresholds = args.thresholds or (default_thresholds(voxel_mm) if voxel_mm else CLINICAL_THRESHOLDS_MM)
+    result = evaluate_cases(pairs, thresholds, voxel_mm)
+    provenance.update(
+        {
+            "Voxel size for voxel errors": f"{voxel_mm:.4g} mm (median spacing)" if voxel_mm else "unknown",
+            "SDR thresholds chosen": "with --thresholds" if args.thresholds else f"default: {threshold_rule(voxel_mm)}",
+            "Evaluated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, h3de {__version__}",
+        }
+    )
+    written = write_report(result, args.out, provenance, seconds, overwrite=args.overwrite)
+    sdr = ", ".join(f"{t:g} mm {100 * v:.1f} %" for t, v in result.sdr.items())
+    print(f"MRE {result.mre_mm:.3f} ± {result.sd_mm:.3f} mm over {len(pairs)} cases; SDR {sdr}.")
+    if not any(path.suffix == ".png" for path in written):
+        print(PLOTS_SKIPPED, file=sys.stderr)
+    print(f"Report written to {args.out}.")
+    return 0
+
+
+def _compare_files(args: argparse.Namespace):
+    """Pairs of (prediction, truth) read from two folders, plus provenance."""
+    if args.predictions is None or args.truth is None:
+        raise H3DEError("Comparing files needs both --predictions DIR and --truth DIR.")
+    predictions_dir, truth_dir = _folder(args.predictions, "--predictions"), _folder(args.truth, "--truth")
+    predicted_files = {
+        path.name[: -len(PREDICTION_SUFFIX)]: path for path in sorted(predictions_dir.glob(f"*{PREDICTION_SUFFIX}"))
+    }
+    if not predicted_files:
+        raise H3DEError(f"{predictions_dir} holds no <case>{PREDICTION_SUFFIX} prediction files.")
+    cases = _selected(list(predicted_files), args.cases, _cases_table(truth_dir, truth_dir.parent))
+    pairs = {}
+    for case in cases:
+        truth_file = _truth_file(truth_dir, case)
+        if truth_file is None:
+            raise LandmarkFileError(f"There is no truth file for case {case!r} in {truth_dir}.")
+        pairs[case] = (read_landmarks(predicted_files[case]), read_landmarks(truth_file))
+    seconds = _timing(predictions_dir, cases)
+    unpredicted = len(_truth_cases(truth_dir) - set(predicted_files))
+    voxel_mm = args.voxel_mm or _median_spacing_from_headers(truth_dir.parent / "volumes", cases)
+    provenance = {
+        "Predictions": str(predictions_dir.resolve()),
+        "Truth": str(truth_dir.resolve()),
+        "Cases": f"{len(cases)} evaluated ({args.cases or 'all with a prediction'}); "
+        f"{unpredicted} truth files have no prediction",
+    }
+    if seconds:
+        timing_file = predictions_dir / TIMING_FILE
+        provenance["Timing"] = (
+            f"seconds per case from {timing_file}" if timing_file.is_file()
+            else "seconds per case (read + detection + write) from h3de detect's <case>.json files"
+        )
+    return pairs, seconds, voxel_mm, provenance
+
+
+def _run_model(args: argparse.Namespace):
+    """Run the model on every selected case of a dataset folder; pairs, seconds, provenance."""
+    from tqdm import tqdm
+
+    from ..inference import Predictor
+
+    if args.model is None or args.data is None:
+        raise H3DEError("Running a model needs both --model ID|PATH and --data DIR.")
+    data = _folder(args.data, "--data")
+    source = MMLDDataset(data) if any(data.glob(MMLD_VOLUME_PATTERN)) else GenericDataset(data)
+    cases = _selected(source.cases(), args.cases, {case: source.notes(case) for case in source.cases()})
+    predictor = Predictor.from_model(
+        args.model, device=args.device, threads=args.threads, confidence_threshold=args.threshold
+    )
+    pairs, seconds, spacings = {}, {}, []
+    for case in tqdm(cases, desc="Evaluating", unit="case"):
+        volume, truth = source.load(case)
+        spacings.append(float(np.median(volume.spacing)))
+        start = time.perf_counter()
+        predicted = predictor.predict(volume).landmarks
+        seconds[case] = time.perf_counter() - start
+        write_landmarks(args.out / "predictions" / f"{case}{PREDICTION_SUFFIX}", predicted, overwrite=args.overwrite)
+        pairs[case] = (predicted, truth)
+    provenance = {
+        "Model": f"{predictor.model_id} {predictor.model_version} (from {args.model})",
+        "Device": args.device + (f", {args.threads} threads" if args.threads else ""),
+        "Data": f"{data.resolve()} ({source.describe()['layout']} layout)",
+        "Cases": f"{len(cases)} evaluated ({args.cases or 'all'})",
+        "Timing": "seconds of the prediction call per case, volume already read (the first includes warm-up)",
+    }
+    return pairs, seconds, float(np.median(spacings)), provenance
+
+
+def _selected(cases: list[str], selection: str | None, table: dict[str, dict[str, str]]) -> list[str]:
+    """Cases kept by `selection` (names or cases.csv values); all when no selection."""
+    if not selection:
+        return cases
+    items = {item.strip() for item in selection.split(",") if item.strip()}
+    kept = [case for case in cases if case in items or items & set(table.get(case, {}).values())]
+    if not kept:
+        raise H3DEError(f"No case matches --cases {selection!r}.")
+    return kept
+
+
+def _cases_table(*folders: Path) -> dict[str, dict[str, str]]:
+    """Notes of the first cases.csv found in `folders`, by case name ({} when there is none)."""
+    for folder in folders:
+        if (folder / CASES_FILE).is_file():
+            return read_cases_file(folder / CASES_FILE)
+    return {}
+
+
+def _timing(folder: Path, cases: list[str]) -> dict[str, float]:
+    """Seconds per case: from a timing.csv (columns case, seconds) in the predictions folder, else
+    from the timings h3de detect keeps in ``<case>.json`` (read + detection + write); {} if none."""
+    path = folder / TIMING_FILE
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8-sig") as stream:
+            rows = list(csv.DictReader(stream))
+        try:
+            return {row["case"]: float(row["seconds"]) for row in rows}
+        except (KeyError, TypeError, ValueError):
+            raise H3DEError(f"{path} is not a timing table with columns 'case' and 'seconds'.") from None
+    seconds = {}
+    for case in cases:
+        if (folder / f"{case}.json").is_file():
+            timings = read_json_metadata(folder / f"{case}.json").get("timings_s", {})
+            if "total" in timings:
+                seconds[case] = sum(float(timings.get(key, 0.0)) for key in ("read", "total", "write"))
+    return seconds
+
+
+def _truth_file(folder: Path, case: str) -> Path | None:
+    for suffix in TRUTH_SUFFIXES:
+        path = folder / f"{case}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _truth_cases(folder: Path) -> set[str]:
+    cases = set()
+    for path in folder.iterdir():
+        for suffix in TRUTH_SUFFIXES:
+            if path.name.endswith(suffix):
+                cases.add(path.name[: -len(suffix)])
+                break
+    return cases
+
+
+def _case_of_volume(path: Path) -> str | None:
+    """Case name of a volume file, None for anything else."""
+    if not path.is_file() or volume_format(path) is None:
+        return None
+    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+
+
+def _median_spacing_from_headers(volumes: Path, cases: list[str]) -> float | None:
+    """Median voxel spacing of the cases' volume files in `volumes` (headers only), or None."""
+    if not volumes.is_dir():
+        return None
+    spacings = []
+    for path in volumes.iterdir():
+        if _case_of_volume(path) in cases:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError:
+                raise VolumeError(f"Cannot read the header of volume {path}.") from None
+            spacings.append(float(np.median(reader.GetSpacing())))
+    return float(np.median(spacings)) if spacings else None
+
+
+def _folder(path: Path, option: str) -> Path:
+    if not path.is_dir():
+        raise H3DEError(f"{option} {path} is not a folder.")
+    return path
+
+
+def _positive_mm(text: str) -> float:
+    """Parse one positive length in millimetres."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a length in millimetres") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive millimetres")
+    return value
+
+
+def _thresholds(text: str) -> tuple[float, ...]:
+    """Parse "2,2.5,3" into positive millimetres."""
+    values = tuple(_positive_mm(item.strip()) for item in text.split(",") if item.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one threshold in millimetres")
+    return values

@@ -1,0 +1,1 @@
+"""Training: targets, losses, loop, metrics, evaluation reports, packaging."""
