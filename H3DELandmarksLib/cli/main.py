@@ -15,11 +15,13 @@ from .. import __version__
 from ..errors import H3DEError
 
 SUBCOMMAND_MODULES = [
+    "demo",
     "detect",
     "evaluate",
     "import_checkpoint",
     "info",
     "models",
+    "serve",
     "train",
 ]
 

@@ -90,7 +90,8 @@ class Predictor:
     """Runs a model package's network on volumes of any orientation, spacing and size.
 
     Args:
-        net: the network; ``net(x)`` maps (B, 1, X, Y, Z) to heatmaps (B, L, X/s, Y/s, Z/s) or
+        net: the network, or a dict of networks by stage name (a two-stage package has one per
+            stage); ``net(x)`` maps (B, 1, X, Y, Z) to heatmaps (B, L, X/s, Y/s, Z/s) or
             proposals (B, X/4, Y/4, Z/4, A, 3 + L); ``net.output_stride`` is s.
         manifest: the package manifest (validated here): landmarks, preprocessing, threshold.
         device: "auto" (cuda, mps, cpu), "cuda", "mps" or "cpu".
@@ -99,13 +100,19 @@ class Predictor:
         batch_size: patches per forward pass (default: 1 on CPU, 4 on a GPU).
     """
 
-    def __init__(self, net: nn.Module, manifest: dict, device: str = "auto", threads: int | None = None,
+    def __init__(self, net: nn.Module | dict[str, nn.Module], manifest: dict, device: str = "auto",
+                 threads: int | None = None,
                  confidence_threshold: float | None = None, batch_size: int | None = None) -> None:
         validate_manifest(manifest)
         set_threads(threads)
         self.device = resolve_device(device)
-        self.net = net.to(self.device).eval()
         self.manifest = manifest
+        stages = [stage["name"] for stage in manifest["preprocessing"]["stages"]]
+        networks = net if isinstance(net, dict) else {stage: net for stage in stages}
+        missing = [stage for stage in stages if stage not in networks]
+        if missing:
+            raise H3DEError(f"No network was given for the {missing[0]} stage of model {manifest['id']}.")
+        self.nets = {stage: networks[stage].to(self.device).eval() for stage in stages}
         self.config = H3DEConfig.from_dict(manifest["architecture"])
         self.names = [landmark["name"] for landmark in manifest["landmarks"]]
         self.descriptions = [landmark.get("description", "") for landmark in manifest["landmarks"]]
@@ -125,11 +132,12 @@ class Predictor:
                    cache_dir: str | os.PathLike | None = None, confidence_threshold: float | None = None,
                    batch_size: int | None = None) -> "Predictor":
         """Predictor for a model package path, "ID" or "ID@VERSION" (bundled or cached, offline)."""
-        from ..model.package_loading import load_package
+        from ..model.package_loading import load_stage_networks
         from ..registry import resolve_model
 
-        net = load_package(resolve_model(id_or_path, cache_dir=cache_dir))
-        return cls(net, net.package.manifest, device=device, threads=threads,
+        networks = load_stage_networks(resolve_model(id_or_path, cache_dir=cache_dir))
+        manifest = next(iter(networks.values())).package.manifest
+        return cls(networks, manifest, device=device, threads=threads,
                    confidence_threshold=confidence_threshold, batch_size=batch_size)
 
     @property
@@ -186,7 +194,7 @@ class Predictor:
             outputs = self._forward(patches, timings, name)
             with _timed(timings, f"{name}_decoding"):
                 for window, patch, output in zip(batch, patches, outputs):
-                    coordinates, confidence, score = self._decode(output, everyone)
+                    coordinates, confidence, score = self._decode(output, everyone, name)
                     in_core = window.owns(window.start + coordinates)
                     selection.offer(everyone, patch.index_to_physical(coordinates), confidence, score, in_core)
             reporter.report(name, _within(span, (done + len(batch)) / len(windows)))
@@ -208,7 +216,7 @@ class Predictor:
             outputs = self._forward(patches, timings, name)
             with _timed(timings, f"{name}_decoding"):
                 for group, patch, output in zip(batch, patches, outputs):
-                    coordinates, confidence, _ = self._decode(output, group.landmarks)
+                    coordinates, confidence, _ = self._decode(output, group.landmarks, name)
                     refined.positions[group.landmarks] = patch.index_to_physical(coordinates)
                     refined.confidence[group.landmarks] = confidence
             reporter.report(name, _within(span, (done + len(batch)) / len(groups)))
@@ -221,7 +229,7 @@ class Predictor:
             x = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)[:, None])).to(self.device)
         with _timed(timings, f"{stage_name}_network"):
             with torch.inference_mode(), precision_context(self.device):
-                output = self.net(x)
+                output = self.nets[stage_name](x)
             output = output.float()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -229,18 +237,20 @@ class Predictor:
                 torch.mps.synchronize()
         return output
 
-    def _decode(self, output: torch.Tensor, landmarks: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _decode(self, output: torch.Tensor, landmarks: list[int],
+                stage_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coordinates (n, 3) in patch voxels (i, j, k), confidences and comparable scores of
         `landmarks` from one patch's output."""
+        stride = self.nets[stage_name].output_stride
         with torch.inference_mode():
             if self.config.head == "proposals":
-                coordinates, confidence = decode_proposals(output, self.config.anchor_radii, self.net.output_stride)
+                coordinates, confidence = decode_proposals(output, self.config.anchor_radii, stride)
                 logits = output[..., 3:].reshape(-1, output.shape[-1] - 3)
                 score = logits.amax(0)
                 coordinates, confidence, score = coordinates[landmarks], confidence[landmarks], score[landmarks]
             else:
                 maps = output[landmarks]
-                coordinates, confidence = decode_heatmaps(maps, self.net.output_stride, self.heatmap_peak)
+                coordinates, confidence = decode_heatmaps(maps, stride, self.heatmap_peak)
                 score = maps.reshape(len(landmarks), -1).amax(1)
         return (coordinates.cpu().double().numpy(), confidence.cpu().double().numpy(),
                 score.cpu().double().numpy())

@@ -1,0 +1,290 @@
+"""The training configuration: one JSON file describes a whole (one- or two-stage) model.
+
+Sections (unknown keys are errors naming the key):
+
+- ``model``: id, version, title, description, modality, license, citation, confidence_threshold.
+- ``landmarks``: ``"from data"`` (names and descriptions of the first training case) or a list
+  of names or of ``{"name", "description"}`` objects.
+- ``architecture``: ``base`` ("default" or "reference") plus any `H3DEConfig` field; both stages
+  use this architecture (the manifest holds one), each its own weights.
+- ``preprocessing``: ``orientation`` ("canonical" or "native") and ``intensity`` (clip_min,
+  clip_max, scale_min, scale_max), exactly as the manifest will state them.
+- ``augmentation``: `AugmentationSettings` fields; a stage may override some of them.
+- ``stages``: one or two of ``coarse`` then ``fine``, see `StageConfig`.
+- ``data``: ``layout`` ("generic", "mmld" or "phantom"), ``root`` (or ``--data``), ``validation``
+  (``fraction``, ``cases``, ``only_where``), ``absent`` ({case: [landmark, ...]} treated as
+  absent), ``phantom`` (`PhantomDataset` fields, ``train_seeds`` and ``validation_seeds`` as
+  [first, stop) ranges).
+- ``seed``: seeds weights, data order, augmentation and the validation split.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..data.augmentation import AugmentationSettings
+from ..errors import H3DEError, ModelPackageError
+from ..model.config import H3DEConfig, default_config, reference_config
+from ..registry.manifest import validate_manifest
+from .targets import HeatmapTarget
+
+LOSSES = {"adaptive_wing": "gaussian", "weighted_mse": "gaussian", "hnm": "reference", "proposals": None}
+LAYOUTS = ("generic", "mmld", "phantom")
+BASES = {"default": default_config, "reference": reference_config}
+FROM_DATA = "from data"
+NETWORK_DEPTH_STRIDE = 32
+
+
+class TrainingConfigError(H3DEError):
+    """The training configuration file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage: its grid, its optimisation and its target.
+
+    Attributes:
+        name: "coarse" (whole volume at `spacing_mm`, crops of `patch_size` when larger) or
+            "fine" (patches centred near a landmark).
+        spacing_mm, patch_size: the stage's grid, as the manifest states it (i, j, k).
+        epochs: most epochs; `patience` epochs without a lower validation loss stop earlier.
+        samples_per_epoch: training patches per epoch (0: one per training case, or
+            `patches_per_case` per case for the fine stage).
+        patches_per_case: fine-stage patches per case and epoch when samples_per_epoch is 0.
+        batch_size, lr, weight_decay, warmup_epochs, min_lr_fraction, gradient_clip: AdamW with
+            linear warm-up then cosine decay to lr x min_lr_fraction.
+        loss: "adaptive_wing", "weighted_mse", "hnm" (published) or "proposals" (proposal head).
+        sigma: Gaussian target width, voxels of the output map.
+        radius: published target radius R, voxels of the output map.
+        centre_jitter: fine stage: the patch centre lies uniformly within +/- this fraction of
+            the patch extent of the landmark along each axis (inference centres a patch on a
+            group of coarse positions kept in its middle half, plus the coarse error).
+        validation_landmarks: fine stage: landmarks per validation case (0: all).
+        augmentation: overrides of the model's augmentation settings for this stage.
+    """
+
+    name: str
+    spacing_mm: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    epochs: int = 50
+    samples_per_epoch: int = 0
+    patches_per_case: int = 4
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_fraction: float = 0.01
+    gradient_clip: float = 1.0
+    patience: int = 15
+    loss: str = "adaptive_wing"
+    sigma: float = 2.0
+    radius: float = 10.0
+    centre_jitter: float = 0.3
+    validation_landmarks: int = 0
+    augmentation: dict | None = None
+
+    @property
+    def heatmap_target(self) -> HeatmapTarget | None:
+        """The heatmap target of this stage's loss (None for the proposal head)."""
+        kind = LOSSES[self.loss]
+        return None if kind is None else HeatmapTarget(kind, self.sigma, self.radius)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """A parsed, checked training configuration; `raw` is the JSON object as read."""
+
+    raw: dict
+    model: dict
+    landmarks: list[dict] | None
+    architecture: dict
+    preprocessing: dict
+    augmentation: dict
+    stages: tuple[StageConfig, ...]
+    data: dict
+    seed: int
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the configuration (a resumed run must use the same one)."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
+
+    def network_config(self, n_landmarks: int) -> H3DEConfig:
+        """The architecture of every stage's network."""
+        settings = {key: tuple(value) if isinstance(value, list) else value
+                    for key, value in self.architecture.items() if key != "base"}
+        return BASES[self.architecture.get("base", "default")](n_landmarks=n_landmarks, **settings)
+
+    def stage_augmentation(self, stage: StageConfig) -> AugmentationSettings:
+        """The model's augmentation settings with the stage's overrides."""
+        merged = {**self.augmentation, **(stage.augmentation or {})}
+        return AugmentationSettings(**{key: tuple(value) if isinstance(value, list) else value
+                                       for key, value in merged.items()})
+
+    @property
+    def heatmap_peak(self) -> float | None:
+        targets = [stage.heatmap_target for stage in self.stages]
+        return None if targets[0] is None else targets[0].peak
+
+
+def load_training_config(path: str | os.PathLike) -> TrainingConfig:
+    """Read and check a training configuration file; raises TrainingConfigError."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainingConfigError(f"Training configuration {path} does not exist.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TrainingConfigError(f"Training configuration {path} is not valid JSON ({error}).") from None
+    return parse_training_config(raw, str(path))
+
+
+def parse_training_config(raw: dict, source: str = "training configuration") -> TrainingConfig:
+    """Check a training configuration object; errors name `source` and the offending key."""
+    if not isinstance(raw, dict):
+        raise TrainingConfigError(f"{source} must hold a JSON object.")
+    _only(raw, {"model", "landmarks", "architecture", "preprocessing", "augmentation", "stages", "data", "seed"},
+          source, "")
+    for section in ("model", "architecture", "preprocessing", "stages", "data"):
+        if section not in raw:
+            raise TrainingConfigError(f"{source} lacks the {section!r} section.")
+    stages = tuple(_stage(stage, source, index) for index, stage in enumerate(raw["stages"]))
+    config = TrainingConfig(
+        raw=copy.deepcopy(raw),
+        model=_model(raw["model"], source),
+        landmarks=_landmarks(raw.get("landmarks", FROM_DATA), source),
+        architecture=dict(raw["architecture"]),
+        preprocessing=dict(raw["preprocessing"]),
+        augmentation=dict(raw.get("augmentation", {})),
+        stages=stages,
+        data=_data(raw["data"], source),
+        seed=int(raw.get("seed", 0)),
+    )
+    _check_consistency(config, source)
+    return config
+
+
+def _model(model: dict, source: str) -> dict:
+    _only(model, {"id", "version", "title", "description", "modality", "license", "citation",
+                  "confidence_threshold"}, source, "model.")
+    for key in ("id", "version", "title", "modality", "license"):
+        if key not in model:
+            raise TrainingConfigError(f"{source}: model.{key} is missing.")
+    return {"description": "", "citation": None, "confidence_threshold": 0.5, **model}
+
+
+def _landmarks(landmarks, source: str) -> list[dict] | None:
+    if landmarks == FROM_DATA:
+        return None
+    if not isinstance(landmarks, list) or not landmarks:
+        raise TrainingConfigError(f'{source}: landmarks must be "{FROM_DATA}" or a non-empty list.')
+    entries = [{"name": item} if isinstance(item, str) else item for item in landmarks]
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise TrainingConfigError(f"{source}: landmarks[{index}] needs a name.")
+        _only(entry, {"name", "description"}, source, f"landmarks[{index}].")
+    return entries
+
+
+def _stage(stage: dict, source: str, index: int) -> StageConfig:
+    where = f"stages[{index}]."
+    if not isinstance(stage, dict):
+        raise TrainingConfigError(f"{source}: {where[:-1]} must be an object.")
+    _only(stage, {f.name for f in fields(StageConfig)}, source, where)
+    for key in ("name", "spacing_mm", "patch_size"):
+        if key not in stage:
+            raise TrainingConfigError(f"{source}: {where}{key} is missing.")
+    values = dict(stage)
+    for key, kind in (("spacing_mm", float), ("patch_size", int)):
+        triple = values[key] if isinstance(values[key], list) else [values[key]] * 3
+        if len(triple) != 3 or min(triple) <= 0:
+            raise TrainingConfigError(f"{source}: {where}{key} must be three positive numbers.")
+        values[key] = tuple(kind(value) for value in triple)
+    if values.get("loss", "adaptive_wing") not in LOSSES:
+        raise TrainingConfigError(f"{source}: {where}loss must be one of {', '.join(LOSSES)}.")
+    try:
+        config = StageConfig(**values)
+        config.heatmap_target
+    except (TypeError, ValueError) as error:
+        raise TrainingConfigError(f"{source}: {where[:-1]} is invalid ({error}).") from None
+    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0 or config.patience < 1:
+        raise TrainingConfigError(f"{source}: {where[:-1]} needs epochs, batch_size and patience >= 1 and lr > 0.")
+    deepest = [_downsampled(size, 5) for size in config.patch_size]
+    if deepest[0] * deepest[1] * deepest[2] < 2:
+        raise TrainingConfigError(
+            f"{source}: {where}patch_size {list(config.patch_size)} is too small to train on; the deepest "
+            f"features (1/{NETWORK_DEPTH_STRIDE}) need at least two voxels, so one axis must exceed "
+            f"{NETWORK_DEPTH_STRIDE}."
+        )
+    return config
+
+
+def _data(data: dict, source: str) -> dict:
+    _only(data, {"layout", "root", "validation", "absent", "phantom"}, source, "data.")
+    if data.get("layout") not in LAYOUTS:
+        raise TrainingConfigError(f"{source}: data.layout must be one of {', '.join(LAYOUTS)}.")
+    _only(data.get("validation", {}), {"fraction", "cases", "only_where"}, source, "data.validation.")
+    if data["layout"] == "phantom":
+        _only(data.get("phantom", {}), {"train_seeds", "validation_seeds", "size", "spacing_mm",
+                                        "absent_probability", "noise_hu"}, source, "data.phantom.")
+    return data
+
+
+def _check_consistency(config: TrainingConfig, source: str) -> None:
+    names = [stage.name for stage in config.stages]
+    if names not in (["coarse"], ["fine"], ["coarse", "fine"]):
+        raise TrainingConfigError(f"{source}: stages must be a coarse stage, a fine stage, or coarse then fine.")
+    try:
+        network = config.network_config(1)
+        for stage in config.stages:
+            config.stage_augmentation(stage)
+    except (TypeError, ValueError, ModelPackageError) as error:
+        raise TrainingConfigError(f"{source}: the architecture or augmentation is invalid ({error}).") from None
+    for stage in config.stages:
+        if (stage.loss == "proposals") != (network.head == "proposals"):
+            raise TrainingConfigError(
+                f"{source}: stage {stage.name!r} uses loss {stage.loss!r} but the architecture's head is "
+                f"{network.head!r}; the proposal head needs loss \"proposals\" and the heatmap head a heatmap loss."
+            )
+    peaks = {stage.heatmap_target.peak for stage in config.stages if stage.heatmap_target is not None}
+    if len(peaks) > 1:
+        raise TrainingConfigError(
+            f"{source}: the stages' losses give heatmaps of different peaks; the manifest holds one heatmap_peak, "
+            "so use the published hnm loss in both stages or a Gaussian loss in both."
+        )
+    probe = {
+        "schema_version": 1, "id": config.model["id"], "version": config.model["version"],
+        "title": config.model["title"], "description": config.model["description"],
+        "modality": config.model["modality"], "architecture": network.to_dict(),
+        "landmarks": [{"name": "probe"}], "preprocessing": {**config.preprocessing, "stages": [
+            {"name": stage.name, "spacing_mm": list(stage.spacing_mm), "patch_size": list(stage.patch_size)}
+            for stage in config.stages]},
+        "confidence_threshold": config.model["confidence_threshold"],
+        "training": {"provenance": {}, "data": {}, "recipe": {}, "command": "", "metrics": {}},
+        "license": config.model["license"], "created": "2000-01-01T00:00:00Z",
+    }
+    try:
+        validate_manifest(probe, source=f"{source} (as a manifest)")
+    except ModelPackageError as error:
+        raise TrainingConfigError(str(error)) from None
+
+
+def _only(section, allowed: set[str], source: str, where: str) -> None:
+    if not isinstance(section, dict):
+        raise TrainingConfigError(f"{source}: {where[:-1] or 'the configuration'} must be an object.")
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise TrainingConfigError(
+            f"{source}: unknown key {where}{unknown[0]}; allowed: {', '.join(sorted(allowed))}."
+        )
+
+
+def _downsampled(size: int, times: int) -> int:
+    for _ in range(times):
+        size = (size + 1) // 2
+    return size

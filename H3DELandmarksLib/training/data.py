@@ -1,0 +1,92 @@
+"""The data of a training run: its source, split, landmark set and cached cases."""
+
+from __future__ import annotations
+
+import os
+
+from ..data.datasets import (
+    CaseSource,
+    GenericDataset,
+    MMLDDataset,
+    PhantomDataset,
+    mark_absent,
+    match_landmarks,
+    split_cases,
+)
+from ..data.landmarks import Landmarks
+from ..data.volume import Volume
+from .cache import CaseCache
+from .config import TrainingConfig, TrainingConfigError
+
+DEFAULT_PHANTOM = {"train_seeds": [1000, 1064], "validation_seeds": [0, 8]}
+
+
+class TrainingData:
+    """Training and validation cases with the model's landmark set, read through a disk cache.
+
+    Args:
+        config: the training configuration.
+        cache_dir: where the cache lives.
+        data_root: the dataset folder (overrides ``data.root``; not used by phantoms).
+        names, descriptions: the landmark set, when already known (a resumed run); otherwise
+            from the configuration or the first training case.
+    """
+
+    def __init__(self, config: TrainingConfig, cache_dir: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                 names: list[str] | None = None, descriptions: list[str] | None = None) -> None:
+        self.config = config
+        data = config.data
+        self.source, self.train_cases, self.validation_cases = _source_and_split(config, data_root)
+        self.cache = CaseCache(self.source, cache_dir)
+        self.absent = {case: list(absent) for case, absent in data.get("absent", {}).items()}
+        unknown = sorted(set(self.absent) - set(self.train_cases) - set(self.validation_cases))
+        if unknown:
+            raise TrainingConfigError(
+                f"data.absent names case {unknown[0]!r}, which is not a training or validation case.")
+        if names is None and config.landmarks is not None:
+            names = [entry["name"] for entry in config.landmarks]
+            descriptions = [entry.get("description", "") for entry in config.landmarks]
+        if names is None:
+            first = self.cache.get(self.train_cases[0])[1]
+            names, descriptions = list(first.names), list(first.descriptions)
+        self.names = list(names)
+        self.descriptions = list(descriptions or [""] * len(self.names))
+
+    def case(self, case: str) -> tuple[Volume, Landmarks]:
+        """The case's volume and its landmarks in model order, configured absences applied."""
+        volume, landmarks = self.cache.get(case)
+        landmarks = match_landmarks(landmarks, self.names, case)
+        return volume, mark_absent(landmarks, self.absent.get(case, []), case)
+
+    def provenance(self) -> dict:
+        """JSON-ready description of the data: source, split, fingerprints."""
+        cases = self.train_cases + self.validation_cases
+        return {
+            **self.source.describe(),
+            "train_cases": self.train_cases,
+            "validation_cases": self.validation_cases,
+            "absent": self.absent,
+            "fingerprints": {case: self.source.fingerprint(case) for case in cases},
+        }
+
+
+def _source_and_split(config: TrainingConfig, data_root) -> tuple[CaseSource, list[str], list[str]]:
+    data = config.data
+    if data["layout"] == "phantom":
+        settings = {**DEFAULT_PHANTOM, **data.get("phantom", {})}
+        train_seeds = range(*settings.pop("train_seeds"))
+        validation_seeds = range(*settings.pop("validation_seeds"))
+        settings = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
+        source = PhantomDataset(seeds=tuple(train_seeds) + tuple(validation_seeds), **settings)
+        names = source.cases()
+        return source, names[:len(train_seeds)], names[len(train_seeds):]
+    root = data_root or data.get("root")
+    if root is None:
+        raise TrainingConfigError("The training data folder is not given: pass --data DIR or set data.root.")
+    source = GenericDataset(root) if data["layout"] == "generic" else MMLDDataset(root)
+    validation = data.get("validation", {})
+    train, held_out = split_cases(source, config.seed, validation.get("fraction", 0.0), validation.get("cases", ()),
+                                  validation.get("only_where"))
+    if not held_out:
+        raise TrainingConfigError("No validation cases: set data.validation (fraction or cases).")
+    return source, train, held_out

@@ -1,0 +1,67 @@
+"""The model package a training run produces: manifest.json + model.safetensors.
+
+How two stages share one package is defined in `H3DELandmarksLib.model.package_loading`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+
+import torch
+
+from .. import __version__
+from ..model.package_loading import join_stage_state_dicts
+from ..registry import ModelPackage, write_package
+from ..registry.manifest import SCHEMA_VERSION
+from .config import TrainingConfig
+
+
+def build_manifest(config: TrainingConfig, names: list[str], descriptions: list[str], metrics: dict,
+                   data: dict, command: object, provenance: dict) -> dict:
+    """The manifest of a trained model (validated when the package is written)."""
+    model = config.model
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "id": model["id"],
+        "version": model["version"],
+        "title": model["title"],
+        "description": model["description"],
+        "modality": model["modality"],
+        "architecture": config.network_config(len(names)).to_dict(),
+        "landmarks": [{"name": name, **({"description": text} if text else {})}
+                      for name, text in zip(names, descriptions)],
+        "preprocessing": {
+            "orientation": config.preprocessing["orientation"],
+            "intensity": dict(config.preprocessing["intensity"]),
+            "stages": [{"name": stage.name, "spacing_mm": list(stage.spacing_mm), "patch_size": list(stage.patch_size)}
+                       for stage in config.stages],
+        },
+        "confidence_threshold": model["confidence_threshold"],
+        "training": {
+            "provenance": {
+                "library": f"h3de-landmarks {__version__}",
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "config_sha256": config.sha256,
+                **provenance,
+            },
+            "data": data,
+            "recipe": config.raw,
+            "command": command,
+            "metrics": metrics,
+        },
+        "license": model["license"],
+        "citation": model["citation"],
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if config.heatmap_peak is not None:
+        manifest["heatmap_peak"] = config.heatmap_peak
+    return manifest
+
+
+def write_trained_package(directory: str | os.PathLike, manifest: dict,
+                          networks: dict[str, dict[str, torch.Tensor]], overwrite: bool = False) -> ModelPackage:
+    """Write the package of a trained model atomically."""
+    return write_package(directory, manifest, join_stage_state_dicts(networks), overwrite=overwrite)

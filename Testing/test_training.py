@@ -1,0 +1,239 @@
+"""Targets, losses, the training loop, resuming, the model package and `h3de train`."""
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from H3DELandmarksLib.cli.main import main
+from H3DELandmarksLib.errors import CheckpointError
+from H3DELandmarksLib.model.decoding import decode_heatmaps, decode_proposals
+from H3DELandmarksLib.model.network import H3DENet
+from H3DELandmarksLib.registry import read_package
+from H3DELandmarksLib.training.config import (
+    TrainingConfigError,
+    load_training_config,
+    parse_training_config,
+)
+from H3DELandmarksLib.training.data import TrainingData
+from H3DELandmarksLib.training.losses import (
+    adaptive_wing_loss,
+    hard_negative_indices,
+    hnm_heatmap_loss,
+    proposal_loss,
+)
+from H3DELandmarksLib.training.loop import train
+from H3DELandmarksLib.model.package_loading import load_stage_networks
+from H3DELandmarksLib.training.targets import HeatmapTarget, heatmap_targets, proposal_targets
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ARCHITECTURE = {"base": "default", "embed_dims": [8, 16, 32, 64], "qk_dims": [8, 16, 32, 64],
+                     "depths": [1, 1, 1, 1], "decoder_dims": [16, 16, 8, 8], "skip_dims": [8]}
+TINY = {
+    "model": {"id": "tiny", "version": "0.0.1", "title": "Tiny test model", "modality": "CT", "license": "Apache-2.0"},
+    "landmarks": "from data",
+    "architecture": TINY_ARCHITECTURE,
+    "preprocessing": {"orientation": "canonical",
+                      "intensity": {"clip_min": -1000, "clip_max": 2000, "scale_min": 0, "scale_max": 1}},
+    "augmentation": {"rotation_deg": 10, "elastic_mm": 1.0},
+    "stages": [
+        {"name": "coarse", "spacing_mm": 4.5, "patch_size": [32, 32, 40], "epochs": 2, "samples_per_epoch": 2,
+         "batch_size": 1},
+        {"name": "fine", "spacing_mm": 3.0, "patch_size": [32, 32, 40], "epochs": 2, "samples_per_epoch": 2,
+         "batch_size": 1, "validation_landmarks": 2},
+    ],
+    "data": {"layout": "phantom", "phantom": {"train_seeds": [10, 12], "validation_seeds": [0, 1], "size": [32, 32, 32],
+                                              "spacing_mm": [4.0, 4.5], "absent_probability": 0.2}},
+    "seed": 3,
+}
+
+
+@pytest.mark.parametrize("target", [HeatmapTarget("gaussian", sigma=2.0), HeatmapTarget("reference", radius=6.0)])
+def test_heatmap_targets_peak_at_the_landmark(target):
+    points = torch.tensor([[10.3, 20.7, 15.2], [30.1, 5.5, 40.9], [0.0, 0.0, 0.0]])
+    present = torch.tensor([True, True, False])
+    maps = heatmap_targets(points, present, (24, 16, 32), 2, target)
+    coordinates, confidence = decode_heatmaps(maps, stride=2, peak_value=target.peak)
+    assert (coordinates[:2] - points[:2]).abs().max() < 0.1
+    assert confidence[:2].min() > 0.9
+    assert torch.all(maps[2] == target.background)
+    assert maps.max() <= target.peak
+
+
+def test_reference_target_is_minus_one_outside_the_radius():
+    maps = heatmap_targets(torch.tensor([[10.0, 10.0, 10.0]]), torch.tensor([True]), (20, 20, 20), 1,
+                           HeatmapTarget("reference", radius=4.0))
+    assert maps[0, 10, 10, 10] == 2.0
+    assert maps[0, 10, 10, 14] > 0 and maps[0, 10, 10, 15] == -1.0
+
+
+def test_proposal_targets_decode_back_to_the_landmarks():
+    radii = (0.5, 0.75, 1.0, 1.25)
+    points = torch.tensor([[13.0, 17.5, 6.2], [30.3, 2.0, 50.9], [1.0, 1.0, 1.0]])
+    targets = proposal_targets(points, torch.tensor([True, True, False]), (12, 8, 16), radii)
+    assert targets.absent.tolist() == [2]
+    assert targets.offsets.abs().max() < 1
+    proposals = torch.full((12, 8, 16, 4, 6), -10.0)
+    for cell, anchor, landmark, offset in zip(targets.cells, targets.anchors, targets.landmarks, targets.offsets):
+        proposals[cell[0], cell[1], cell[2], anchor, :3] = torch.atanh(offset)
+        proposals[cell[0], cell[1], cell[2], anchor, 3 + landmark] = 5.0
+    coordinates, _ = decode_proposals(proposals, radii)
+    assert (coordinates[:2] - points[:2]).abs().max() < 1e-4
+
+
+def test_fixed_hard_negatives_are_the_highest_scoring_negatives():
+    positive = torch.zeros(12, dtype=torch.bool)
+    positive[:4] = True
+    scores = torch.tensor([5.0, 4.0, 3.0, 2.0, -1.0, -1.0, 0.9, -1.0, 0.8, -1.0, -1.0, 0.7])
+    fixed = hard_negative_indices(scores, positive, 3)
+    assert sorted(fixed.tolist()) == [6, 8, 11]
+    negatives = torch.nonzero(~positive).flatten()
+    published = torch.topk(scores[negatives], 3).indices  # positions in the negative subset, used on the full map
+    assert sorted(published.tolist()) != sorted(fixed.tolist())
+    assert set(published.tolist()) & {0, 1, 2, 3}
+
+
+def test_hnm_loss_sees_a_false_peak_far_from_the_landmark():
+    target = heatmap_targets(torch.tensor([[8.0, 8.0, 8.0]]), torch.tensor([True]), (16, 16, 16), 1,
+                             HeatmapTarget("reference", radius=3.0))[None]
+    assert hnm_heatmap_loss(target.clone(), target, 3.0) == 0
+    false_peak = target.clone()
+    false_peak[0, 0, 1, 1, 1] = 2.0
+    assert hnm_heatmap_loss(false_peak, target, 3.0) > 0.01
+
+
+def test_absent_landmarks_get_hard_negatives_only():
+    target = torch.full((1, 1, 10, 10, 10), -1.0)
+    prediction = target.clone()
+    prediction[0, 0, 5, 5, 5] = 1.0
+    assert hnm_heatmap_loss(prediction, target, 2.0) > 0
+    assert hnm_heatmap_loss(target.clone(), target, 2.0) == 0
+
+
+def tiny_network(head="heatmap", landmarks=3):
+    config = parse_training_config({**TINY, "architecture": {**TINY_ARCHITECTURE, "head": head},
+                                    "stages": [{**TINY["stages"][0], "loss": "proposals" if head == "proposals"
+                                                else "adaptive_wing"}]})
+    torch.manual_seed(0)
+    return H3DENet(config.network_config(landmarks))
+
+
+@pytest.mark.parametrize("loss", ["adaptive_wing", "hnm", "proposals"])
+def test_loss_decreases_over_a_few_steps_on_a_fixed_batch(loss):
+    net = tiny_network("proposals" if loss == "proposals" else "heatmap")
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand((1, 1, 32, 32, 40), generator=generator)
+    points = torch.tensor([[10.0, 12.0, 20.0], [20.0, 8.0, 30.0], [0.0, 0.0, 0.0]])
+    present = torch.tensor([True, True, False])
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        output = net(image)
+        if loss == "proposals":
+            value = proposal_loss(output, [proposal_targets(points, present, tuple(output.shape[1:4]),
+                                                            net.config.anchor_radii)])
+        else:
+            target = HeatmapTarget("reference" if loss == "hnm" else "gaussian", sigma=2.0, radius=4.0)
+            maps = heatmap_targets(points, present, tuple(output.shape[2:]), net.output_stride, target)[None]
+            value = hnm_heatmap_loss(output, maps, 4.0) if loss == "hnm" else adaptive_wing_loss(output, maps)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        losses.append(float(value.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_configuration_errors_name_the_problem():
+    with pytest.raises(TrainingConfigError, match="unknown key stages\\[0\\].epoch"):
+        parse_training_config({**TINY, "stages": [{**TINY["stages"][0], "epoch": 3}]})
+    with pytest.raises(TrainingConfigError, match="proposal head"):
+        parse_training_config({**TINY, "stages": [{**TINY["stages"][0], "loss": "proposals"}]})
+    with pytest.raises(TrainingConfigError, match="too small"):
+        parse_training_config({**TINY, "stages": [{**TINY["stages"][0], "patch_size": [32, 32, 32]}]})
+    with pytest.raises(TrainingConfigError, match="heatmap_peak"):
+        parse_training_config({**TINY, "stages": [TINY["stages"][0], {**TINY["stages"][1], "loss": "hnm"}]})
+    with pytest.raises(TrainingConfigError, match="model.license"):
+        unlicensed = {key: value for key, value in TINY["model"].items() if key != "license"}
+        parse_training_config({**TINY, "model": unlicensed})
+
+
+def test_shipped_configurations_parse_and_the_mouse_split_uses_exact_cases(shared_dir, tmp_path):
+    phantom = load_training_config(REPO / "Resources" / "Training" / "phantom.json")
+    assert [stage.name for stage in phantom.stages] == ["coarse", "fine"]
+    mouse = load_training_config(REPO / "Resources" / "Training" / "mouse-skull-45.json")
+    with pytest.raises(TrainingConfigError, match="--data"):
+        TrainingData(mouse, tmp_path)
+    root = shared_dir / "data" / "mouse_ct_atlas"
+    names = [str(n) for n in range(1, 52) if n not in (23, 26, 34, 35, 45, 48)]
+    data = TrainingData(mouse, tmp_path, root, names=names)
+    assert len(data.names) == 45 and len(data.validation_cases) == 6
+    assert "KK.HlJ_" in data.train_cases
+    _, landmarks = data.case("KK.HlJ_")
+    assert not landmarks.present[data.names.index("28")] and landmarks.present.sum() == 44
+
+
+def write_config(folder: Path, raw: dict) -> Path:
+    path = folder / "tiny.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An uninterrupted run of the tiny configuration through `h3de train`."""
+    folder = tmp_path_factory.mktemp("trained")
+    config = write_config(folder, TINY)
+    status = main(["train", str(config), "--output", str(folder / "run"), "--no-progress", "--threads", "2"])
+    assert status == 0
+    return folder / "run"
+
+
+def test_training_writes_the_log_and_a_package_of_two_networks(trained):
+    rows = list(csv.DictReader(open(trained / "training_log.csv")))
+    assert [(row["stage"], row["epoch"]) for row in rows] == [("coarse", "1"), ("coarse", "2"),
+                                                              ("fine", "1"), ("fine", "2")]
+    assert list(rows[0]) == ["epoch", "stage", "train_loss", "val_loss", "val_mre_mm", "lr", "seconds"]
+    assert all(np.isfinite(float(row["val_loss"])) for row in rows)
+    package = read_package(trained / "package")
+    manifest = package.manifest
+    assert manifest["heatmap_peak"] == 1.0
+    assert [landmark["name"] for landmark in manifest["landmarks"]][:2] == ["nasion", "bregma"]
+    assert [stage["name"] for stage in manifest["preprocessing"]["stages"]] == ["coarse", "fine"]
+    assert manifest["training"]["recipe"] == TINY
+    assert manifest["training"]["data"]["validation_cases"] == ["phantom-0"]
+    assert set(manifest["training"]["metrics"]) == {"coarse", "fine"}
+    assert manifest["training"]["command"][:2] == ["h3de", "train"]
+    keys = load_file(trained / "package" / "model.safetensors")
+    assert {key.split(".")[0] for key in keys} == {"coarse", "fine"}
+    networks = load_stage_networks(trained / "package")
+    assert set(networks) == {"coarse", "fine"}
+    with torch.no_grad():
+        output = networks["fine"](torch.zeros(1, 1, 32, 32, 40))
+    assert output.shape == (1, 12, 16, 16, 20)
+
+
+def test_resume_continues_bit_exactly(trained, tmp_path, capsys):
+    config = write_config(tmp_path, TINY)
+    output = tmp_path / "run"
+    main(["train", str(config), "--output", str(output), "--no-progress", "--threads", "2", "--max-minutes", "0"])
+    assert "--resume" in capsys.readouterr().out
+    assert not (output / "package").exists()
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(load_training_config(config), output, progress=False)
+    changed = copy.deepcopy(TINY)
+    changed["seed"] = 4
+    with pytest.raises(CheckpointError, match="different training configuration"):
+        train(parse_training_config(changed), output, resume=True, progress=False)
+    result = train(load_training_config(config), output, resume=True, threads=2, progress=False)
+    assert result.finished
+    uninterrupted = load_file(trained / "package" / "model.safetensors")
+    resumed = load_file(output / "package" / "model.safetensors")
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted)
+    logged = [row["val_loss"] for row in csv.DictReader(open(output / "training_log.csv"))]
+    assert logged == [row["val_loss"] for row in csv.DictReader(open(trained / "training_log.csv"))]
