@@ -38,7 +38,7 @@ def test_imported_package_reproduces_published_output(shared_dir, tmp_path, pref
     checkpoint = tmp_path / "published.pth"
     save_published_checkpoint(checkpoint, fixture_state(shared_dir, prefix))
     package = import_checkpoint(checkpoint, NAMES, tmp_path / "pkg", spacing_mm=(0.5, 0.5, 0.5))
-    meta = json.loads((shared_dir / "reference" / "parity" / f"{prefix}_meta.json").read_text())
+    meta = json.loads((shared_dir / "reference" / "parity" / f"{prefix}_meta.json").read_text(encoding="utf-8"))
     assert package.config.head == head
     assert list(package.config.embed_dims) == meta["embed_dim"]
     assert package.landmark_names == NAMES

@@ -62,7 +62,7 @@ def test_batch_writes_every_format_and_json_progress(tmp_path, model, capsys):
             assert other.names == from_json.names == ["L0", "L1"]
             np.testing.assert_array_equal(other.positions, from_json.positions)
             np.testing.assert_array_equal(other.present, from_json.present)
-    assert (out / "alpha.csv").read_text().splitlines()[0] == CSV_HEADER
+    assert (out / "alpha.csv").read_text(encoding="utf-8").splitlines()[0] == CSV_HEADER
     metadata = read_json_metadata(out / "alpha.json")
     assert metadata["model_id"] == "blob-standin" and metadata["input_file"].endswith("alpha.nrrd")
     assert metadata["input_size_bytes"] == (tmp_path / "in" / "alpha.nrrd").stat().st_size
@@ -89,17 +89,17 @@ def test_slicer_reads_the_markups_file_with_identical_labels_and_positions(tmp_p
 def test_existing_outputs_are_refused_without_overwrite(tmp_path, model, capsys):
     case = write_case(tmp_path / "case.nrrd")
     assert detect(case, "--model", model, "--out", tmp_path, "--format", "csv", "--progress", "none") == 0
-    written = (tmp_path / "case.csv").read_text()
+    written = (tmp_path / "case.csv").read_text(encoding="utf-8")
     (tmp_path / "case.csv").write_text("corrected by hand\n")
     capsys.readouterr()
 
     assert detect(case, "--model", model, "--out", tmp_path, "--format", "csv") == 2
     captured = capsys.readouterr()
     assert "case.csv already exists; pass --overwrite to replace it." in captured.err
-    assert (tmp_path / "case.csv").read_text() == "corrected by hand\n"
+    assert (tmp_path / "case.csv").read_text(encoding="utf-8") == "corrected by hand\n"
 
     assert detect(case, "--model", model, "--out", tmp_path, "--format", "csv", "--overwrite") == 0
-    assert (tmp_path / "case.csv").read_text() == written
+    assert (tmp_path / "case.csv").read_text(encoding="utf-8") == written
 
 
 def test_a_bad_input_fails_alone(tmp_path, model, capsys):

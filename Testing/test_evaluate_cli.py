@@ -51,7 +51,7 @@ def test_report_files_hold_the_numbers_and_valid_plots(tmp_path):
     written = write_report(result, tmp_path / "report", {"Model": "toy-model 1.0"}, {"alpha": 4.0})
     assert sorted(path.name for path in written) == sorted(REPORT_FILES)
 
-    summary = (tmp_path / "report" / "summary.md").read_text()
+    summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
     assert "MRE ± SD: 2.000 ± 1.000 mm" in summary
     assert "4.00 ± 2.00 voxels" in summary
     assert "| 2 | 4.00 | 50.0 % |" in summary
@@ -93,7 +93,7 @@ def test_cli_compares_prediction_files_with_truth(files, capsys):
                    "--out", str(out), "--thresholds", "2,4", "--voxel-mm", "0.5"])
     assert status == 0
     assert "MRE 2.000 ± 1.000 mm over 2 cases; SDR 2 mm 50.0 %, 4 mm 100.0 %." in capsys.readouterr().out
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "1 truth files have no prediction" in summary
     assert "Detection time: 10.0 s per case" in summary
     assert [row["case"] for row in read_rows(out / "per_case.csv")] == ["alpha", "beta"]
@@ -104,7 +104,7 @@ def test_cli_selects_cases_by_cases_csv_value(files):
     assert main(["evaluate", "--predictions", str(files / "predictions"), "--truth", str(files / "truth"),
                  "--out", str(out), "--cases", "exact"]) == 0
     assert [row["case"] for row in read_rows(out / "per_case.csv")] == ["alpha"]
-    assert "| 2 | – | 100.0 % |" in (out / "summary.md").read_text()  # clinical mm, voxel size unknown
+    assert "| 2 | – | 100.0 % |" in (out / "summary.md").read_text(encoding="utf-8")  # clinical mm, voxel size unknown
 
 
 @pytest.mark.parametrize(
@@ -182,7 +182,7 @@ def test_cli_runs_a_model_over_a_dataset_folder(tmp_path, monkeypatch, capsys):
     rows = read_rows(out / "per_case.csv")
     assert [row["case"] for row in rows] == ["one", "two"] and all(float(row["seconds"]) >= 0 for row in rows)
     assert float(rows[0]["mre_voxels"]) == 2.0
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "| 0.5 | 2.00 | 100.0 % |" in summary  # 2 voxels of 0.25 mm: micro-CT thresholds
     assert "Model: toy 1.0.0 (from toy)" in summary and "generic layout" in summary
     saved = read_landmarks(out / "predictions" / "one.mrk.json")
@@ -209,7 +209,7 @@ def test_cli_runs_a_real_model_package_on_a_generic_dataset(tmp_path, capsys):
     rows = read_rows(out / "per_case.csv")
     assert [row["case"] for row in rows] == ["right"] and float(rows[0]["seconds"]) > 0
     assert read_landmarks(out / "predictions" / "right.mrk.json").names == ["L0", "L1"]
-    assert "Model: blob-standin 1.0.0" in (out / "summary.md").read_text()
+    assert "Model: blob-standin 1.0.0" in (out / "summary.md").read_text(encoding="utf-8")
 
     # The same scan through h3de detect, then scored from its files with its own timings.
     detected = tmp_path / "detected"

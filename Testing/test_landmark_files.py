@@ -154,7 +154,7 @@ def test_existing_file_is_replaced_only_when_told(tmp_path, suffix):
 def test_written_markups_file_is_schema_valid_and_lps(tmp_path):
     path = tmp_path / "case.mrk.json"
     write_landmarks(path, sample_landmarks())
-    document = json.loads(path.read_text())
+    document = json.loads(path.read_text(encoding="utf-8"))
     jsonschema.validate(document, SLICER_MARKUPS_SCHEMA)
     (markup,) = document["markups"]
     assert markup["type"] == "Fiducial"
@@ -244,14 +244,14 @@ def test_csv_and_json_with_volume_and_model(tmp_path):
     landmarks, volume = sample_landmarks(), oblique_volume()
     expected_ijk = volume.physical_to_index(landmarks.positions)
     write_csv(tmp_path / "out.csv", landmarks, volume=volume, model_id="h3de-mmld", model_version="1.2.0")
-    header, *rows = (tmp_path / "out.csv").read_text().splitlines()
+    header, *rows = (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()
     assert header == "label,description,x,y,z,i,j,k,confidence,status,model_id,model_version"
     assert rows[0].endswith(",0.93,present,h3de-mmld,1.2.0")
     assert_same_landmarks(read_csv(tmp_path / "out.csv"), landmarks)
 
     metadata = {"model_id": "h3de-mmld", "model_version": "1.2.0", "input": {"file": "ct.nrrd", "size": 1234}}
     write_json(tmp_path / "out.json", landmarks, volume=volume, metadata=metadata)
-    document = json.loads((tmp_path / "out.json").read_text())
+    document = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
     assert (document["coordinate_system"], document["units"]) == ("LPS", "mm")
     np.testing.assert_allclose(document["landmarks"][2]["index"], expected_ijk[2], atol=1e-9)
     assert document["landmarks"][3]["index"] is None and document["landmarks"][3]["position"] is None
@@ -327,7 +327,7 @@ def test_shared_atlas_markups_file(shared_dir):
     path = next((shared_dir / "data" / "mouse_ct_atlas" / "landmarks").glob("*.mrk.json"))
     landmarks = read_landmarks(path)
     assert len(landmarks) == 45 and landmarks.present.all()
-    point = json.loads(path.read_text())["markups"][0]["controlPoints"][0]
+    point = json.loads(path.read_text(encoding="utf-8"))["markups"][0]["controlPoints"][0]
     np.testing.assert_array_equal(landmarks.positions[0], point["position"])
 
 

@@ -13,7 +13,7 @@ from H3DELandmarksLib.model.config import reference_config
 def read_keys(path):
     """{key: shape} from a published *.keys.txt listing."""
     keys = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         name, shape, _ = line.split("\t")
         keys[name] = tuple(int(v) for v in shape.strip("()").split(",") if v.strip())
     return keys
@@ -28,7 +28,7 @@ def test_state_dict_keys_and_shapes_match_published(shared_dir, name, listing):
 
 def load_fixture(shared_dir, prefix, head):
     folder = shared_dir / "reference" / "parity"
-    meta = json.loads((folder / f"{prefix}_meta.json").read_text())
+    meta = json.loads((folder / f"{prefix}_meta.json").read_text(encoding="utf-8"))
     config = reference_config(meta["n_class"], embed_dims=meta["embed_dim"], qk_dims=meta["qk_dims"], head=head)
     assert config.n_regions == tuple(meta["n_win"]) and config.topks == tuple(meta["topks"])
     assert config.depths == tuple(meta["depth"]) and config.head_dim == meta["head_dim"]

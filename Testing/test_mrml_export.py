@@ -208,7 +208,7 @@ def read_with_slicer(scene, path):
 def test_markups_export_reloads_identically_through_slicer(tmp_path, scene, node):
     move_by(node, 1, [1.5, 0.0, -2.0])
     path = export_mrk_json(node, tmp_path / "case.mrk.json")
-    assert '"coordinateSystem": "LPS"' in path.read_text()
+    assert '"coordinateSystem": "LPS"' in path.read_text(encoding="utf-8")
     reloaded = read_with_slicer(slicer.vtkMRMLScene(), path)
     count = node.GetNumberOfControlPoints()
     assert reloaded.GetNumberOfControlPoints() == count
@@ -243,7 +243,7 @@ def test_export_refuses_to_replace_a_file_unless_told(tmp_path, node):
     path.write_text("keep me")
     with pytest.raises(H3DEError, match="already exists"):
         export_mrk_json(node, path)
-    assert path.read_text() == "keep me"
+    assert path.read_text(encoding="utf-8") == "keep me"
     export_mrk_json(node, path, overwrite=True)
     assert read_landmarks(path).names == detected().names
 
@@ -292,11 +292,11 @@ def test_saving_a_case_again_needs_overwrite_and_lists_it_in_cases_csv(tmp_path,
     dataset.mkdir()
     (dataset / "cases.csv").write_text("case,split\nold,train\n")
     save_for_training(volume_node, node, dataset, case="new")
-    assert (dataset / "cases.csv").read_text() == "case,split\nold,train\nnew,\n"
+    assert (dataset / "cases.csv").read_text(encoding="utf-8") == "case,split\nold,train\nnew,\n"
     with pytest.raises(H3DEError, match="already exists"):
         save_for_training(volume_node, node, dataset, case="new")
     save_for_training(volume_node, node, dataset, case="new", overwrite=True)
-    assert (dataset / "cases.csv").read_text().count("new") == 1
+    assert (dataset / "cases.csv").read_text(encoding="utf-8").count("new") == 1
 
 
 def test_saving_into_a_flat_dataset_or_beside_another_landmark_file_is_refused(tmp_path, volume_node, node):
