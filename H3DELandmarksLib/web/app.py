@@ -1,7 +1,8 @@
 """The review app: a trame server around trame-slicer's Slicer scene, views and markups widgets.
 
 `ReviewApp` builds the Slicer application (scene, logics), the remote-rendered slice views
-(and a 3D view when asked for), the page and the `ReviewController`; `start` serves it. The
+(and a 3D view when asked for), the page and the `ReviewController`; ``app.server.start()``
+serves it (`h3de serve` does). The
 views are Slicer's own: markups points are Slicer's point widgets, so dragging a point and
 placing one in the slice views work as in Slicer. The 3D view is off by default where OpenGL
 is software-rendered (it is slow there); ``show_3d`` switches it at any time.
@@ -9,23 +10,19 @@ is software-rendered (it is slow there); ``show_3d`` switches it at any time.
 
 from __future__ import annotations
 
-import logging
 import re
 
+import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 - registers the OpenGL render window
 from trame.app import TrameApp
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
-
-import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 - registers the OpenGL render window
 from vtkmodules.vtkRenderingCore import vtkRenderWindow
 
 from .cases import CaseList
 from .controller import ReviewController
 from .detection import BackgroundDetector
 from .ui import build_page
-
-logger = logging.getLogger(__name__)
 
 SLICES_LAYOUT = "slices"
 SLICES_AND_3D_LAYOUT = "slices and 3D"
@@ -79,6 +76,8 @@ class ReviewApp(TrameApp):
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(review_layouts(), lazy_initialization=True)
+        # Views made while the page is being built would be added to it twice: make them first.
+        self.layout_manager.create_layout_views_if_needed(SLICES_LAYOUT)
         self.layout_manager.set_layout(SLICES_LAYOUT)
         self.controller = ReviewController(
             self.state, self.slicer_app, cases, detector, model_label,
@@ -95,8 +94,11 @@ class ReviewApp(TrameApp):
 
     def _on_show_3d(self, show_3d: bool, **_) -> None:
         self.layout_manager.set_layout(SLICES_AND_3D_LAYOUT if show_3d else SLICES_LAYOUT)
+        for view in self.slicer_app.view_manager.get_slice_views():
+            view.set_visible_in_3d(show_3d)
         if show_3d:
-            self.slicer_app.display_manager.reset_views()
+            for view in self.slicer_app.view_manager.get_threed_views():
+                view.reset_view()
 
     def _on_exit(self, **_) -> None:
         self.detector.shutdown()

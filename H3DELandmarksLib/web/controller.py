@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 from pathlib import Path
+
+from trame.app.file_upload import ClientFile
 
 from ..errors import DetectionCancelled, H3DEError
 from .cases import CaseList, review_files
@@ -40,7 +43,7 @@ def reports_errors(method):
             self.state.error = str(error)
             self.state.message = ""
 
-    if asyncio.iscoroutinefunction(method):
+    if inspect.iscoroutinefunction(method):
         @functools.wraps(method)
         async def run_async(self, *args, **kwargs):
             try:
@@ -136,20 +139,18 @@ class ReviewController:
             self._refresh_rows()
 
     def next_case(self) -> None:
-        """Open the case after the open one (the first when none is open)."""
-        if len(self.cases):
-            self.open_case(min(self.state.case_index + 1, len(self.cases) - 1))
+        """Open the case after the open one (the first when none is open); nothing after the last."""
+        if self.state.case_index + 1 < len(self.cases):
+            self.open_case(self.state.case_index + 1)
 
     def previous_case(self) -> None:
-        """Open the case before the open one."""
-        if len(self.cases):
-            self.open_case(max(self.state.case_index - 1, 0))
+        """Open the case before the open one; nothing before the first."""
+        if self.state.case_index > 0:
+            self.open_case(self.state.case_index - 1)
 
     @reports_errors
     def upload(self, files: list[dict]) -> None:
         """Add uploaded files (trame file dicts: name, content) as cases and open the first new one."""
-        from trame.app.file_upload import ClientFile
-
         uploaded = [ClientFile(item) for item in files or []]
         added = self.cases.add_upload([(item.name, item.content or b"") for item in uploaded])
         self._show_cases()
@@ -208,8 +209,9 @@ class ReviewController:
 
     @reports_errors
     def place(self, index: int) -> None:
-        """The next click in a slice view places landmark `index`."""
+        """Show the model's guess for landmark `index`; the next click in a slice view places it."""
         self.session.start_placing(index)
+        self.session.jump_to(index)
         with self.state:
             self.state.placing = index
             self.state.active_landmark = index

@@ -121,7 +121,7 @@ class ReviewSession:
             self.points_changed()
 
     def rows(self) -> list[dict]:
-        """The open case's landmarks for the list: name, confidence, status, LPS position (JSON types)."""
+        """The open case's landmarks for the list: name, confidence, status, LPS positions (JSON types)."""
         node = self.landmarks_node
         if node is None:
             return []
@@ -134,7 +134,8 @@ class ReviewSession:
                 "placed": review.position is not None,
                 "confidence": _finite_or_none(review.confidence),
                 "low_confidence": review.low_confidence,
-                "position": None if review.position is None else [round(float(v), 3) for v in review.position],
+                "position": _rounded(review.position),
+                "predicted_position": _rounded(review.predicted_position),
                 "displacement_mm": _finite_or_none(review.displacement_mm),
             }
             for review in review_points(node, confidence_threshold(node))
@@ -149,7 +150,9 @@ class ReviewSession:
         position = review.position if review.position is not None else review.predicted_position
         if position is None:
             return False
-        slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *lps_to_ras(position), slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(
+            self.scene, *lps_to_ras(position), slicer.vtkMRMLSliceNode.CenteredJumpSlice
+        )
         return True
 
     def start_placing(self, index: int) -> None:
@@ -184,6 +187,10 @@ class ReviewSession:
         export_mrk_json(node, files.mrk_json, overwrite=True)
         export_csv(node, files.csv, case=self.case.name, overwrite=True)
         return files
+
+
+def _rounded(position) -> list[float] | None:
+    return None if position is None else [round(float(value), 3) for value in position]
 
 
 def _finite_or_none(value: float) -> float | None:

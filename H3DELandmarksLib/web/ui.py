@@ -54,7 +54,9 @@ def build_page(server, controller: ReviewController, layout_manager) -> VAppLayo
         layout.root.theme = "dark"
         client.Style(PAGE_STYLE)
         _app_bar()
-        with v.VNavigationDrawer(permanent=True, width=430, location="left"):
+        with v.VNavigationDrawer(permanent=True, width=430, location="left"), html.Div(
+            classes="d-flex flex-column", style="height: 100%;"
+        ):
             _cases_panel()
             v.VDivider()
             _detection_panel()
@@ -123,13 +125,13 @@ def _detection_panel() -> None:
 
 
 def _landmarks_panel() -> None:
-    with html.Div(classes="pa-3"):
+    with html.Div(classes="pa-3 d-flex flex-column", style="flex: 1 1 auto; min-height: 0;"):
         html.Div("Landmarks ({{ landmarks.filter(r => r.placed).length }} placed of {{ landmarks.length }})",
                  classes="text-overline")
         html.Div("Click a landmark to show it; drag points in the slice views to correct them.",
                  v_if="landmarks.length", classes="text-caption text-grey")
-        with v.VTable(density="compact", classes="h3de-landmarks", height=("'calc(100vh - 560px)'",),
-                      fixed_header=True, id="h3de-landmarks"):
+        with v.VTable(density="compact", classes="h3de-landmarks", fixed_header=True, id="h3de-landmarks",
+                      style="flex: 1 1 auto; min-height: 0; overflow-y: auto;"):
             with html.Thead(), html.Tr():
                 html.Th("Landmark")
                 html.Th("Confidence")
@@ -153,13 +155,18 @@ def _landmarks_panel() -> None:
                     with html.Td(classes="text-no-wrap"):
                         v.VBtn("Place", v_if="!row.placed && placing !== row.index", size="x-small",
                                variant="tonal", id=("'h3de-place-' + row.index",),
-                               click="trigger('h3de_place', [row.index])")
+                               raw_attrs=[_click_only("trigger('h3de_place', [row.index])")])
                         v.VBtn("Cancel", v_if="placing === row.index", size="x-small", variant="tonal",
-                               color="orange", click="trigger('h3de_stop_placing')")
+                               color="orange", raw_attrs=[_click_only("trigger('h3de_stop_placing')")])
                         v.VBtn("Absent", v_if="row.placed", size="x-small", variant="text",
                                title="mark this landmark as not in the volume",
                                id=("'h3de-absent-' + row.index",),
-                               click="trigger('h3de_mark_absent', [row.index])")
+                               raw_attrs=[_click_only("trigger('h3de_mark_absent', [row.index])")])
+
+
+def _click_only(action: str) -> str:
+    """A click handler that does not also select the row around the button."""
+    return f'@click.stop="{action}"'
 
 
 def _export_panel() -> None:
