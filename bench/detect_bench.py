@@ -1,14 +1,16 @@
 """Benchmark of `h3de detect` end to end: total time, where the time goes, and peak memory.
 
-Builds two 45-landmark model packages with the project's default network configuration and
-RANDOM weights (the timing of a trained model is the same, but with random weights the coarse
-positions, and so the number of fine patches, are arbitrary; the table reports that number):
+Builds two 45-landmark model packages with RANDOM weights (the timing of a trained model is the
+same, but with random weights the coarse positions, and so the number of fine patches, are
+arbitrary; the table reports that number):
 
-- micro-CT model: coarse stage 0.56 mm, 96^3 patch; fine stage 0.14 mm, 64^3 patch;
-- CT model: coarse stage 2.0 mm, 128x128x112 patch; fine stage 0.5 mm, 64^3 patch.
+- micro-CT model: the architecture and stages of the product's mouse-skull model, read from
+  Resources/Training/mouse-skull-45.json (the model `h3de train` produces from that file);
+- CT model: the full "default" network; coarse stage 2.0 mm, 128x128x112 patch; fine stage
+  0.5 mm, 64^3 patch.
 
-It writes a synthetic 250x250x166 uint8 micro-CT at 0.141 mm and a 512x512x400 int16 CT at
-0.5 mm (compressed NRRD), then runs `h3de detect` on each in a fresh process (interpreter start,
+It writes a synthetic 250x250x166 uint8 micro-CT at 0.141 mm and 512x512x400 and 512x512x600
+int16 CTs at 0.5 mm (compressed NRRD), then runs `h3de detect` on each in a fresh process (interpreter start,
 imports and model loading included) and reports wall time, the per-step times the command
 records, the number of coarse windows and fine patches, and the child's CPU time and peak
 resident memory (CPU seconds well below cores x wall seconds mean other processes shared the CPU).
@@ -31,39 +33,47 @@ from pathlib import Path
 import numpy as np
 
 N_LANDMARKS = 45
-MODELS = {
-    "microct": [
-        {"name": "coarse", "spacing_mm": [0.56, 0.56, 0.56], "patch_size": [96, 96, 96]},
-        {"name": "fine", "spacing_mm": [0.14, 0.14, 0.14], "patch_size": [64, 64, 64]},
-    ],
-    "ct": [
-        {"name": "coarse", "spacing_mm": [2.0, 2.0, 2.0], "patch_size": [128, 128, 112]},
-        {"name": "fine", "spacing_mm": [0.5, 0.5, 0.5], "patch_size": [64, 64, 64]},
-    ],
-}
+MOUSE_TRAINING_CONFIG = Path(__file__).resolve().parents[1] / "Resources" / "Training" / "mouse-skull-45.json"
+CT_STAGES = [
+    {"name": "coarse", "spacing_mm": [2.0, 2.0, 2.0], "patch_size": [128, 128, 112]},
+    {"name": "fine", "spacing_mm": [0.5, 0.5, 0.5], "patch_size": [64, 64, 64]},
+]
+
+
+def model_design(model: str):
+    """(H3DEConfig, stages) of the benchmarked model."""
+    from H3DELandmarksLib.model.config import default_config
+    from H3DELandmarksLib.training.config import load_training_config
+
+    if model == "ct":
+        return default_config(N_LANDMARKS), CT_STAGES
+    training = load_training_config(MOUSE_TRAINING_CONFIG)
+    stages = [{"name": stage.name, "spacing_mm": list(stage.spacing_mm), "patch_size": list(stage.patch_size)}
+              for stage in training.stages]
+    return training.network_config(N_LANDMARKS), stages
 CASES = [
     # name, model, size (i, j, k), spacing mm, dtype, intensity (clip_min, clip_max)
     ("microct_250x250x166", "microct", (250, 250, 166), 0.141, np.uint8, (0.0, 255.0)),
     ("ct_512x512x400", "ct", (512, 512, 400), 0.5, np.int16, (-1000.0, 2000.0)),
+    ("ct_512x512x600", "ct", (512, 512, 600), 0.5, np.int16, (-1000.0, 2000.0)),
 ]
 
 
-def build_package(directory: Path, stages: list[dict], intensity: tuple[float, float]) -> Path:
-    """A default-configuration package with random weights (seed 0)."""
+def build_package(directory: Path, model: str, intensity: tuple[float, float]) -> Path:
+    """A package of `model`'s design with random weights (seed 0)."""
     import torch
 
-    from H3DELandmarksLib.model.config import default_config
     from H3DELandmarksLib.model.network import H3DENet
     from H3DELandmarksLib.registry import SCHEMA_VERSION, write_package
 
     torch.manual_seed(0)
-    config = default_config(N_LANDMARKS)
+    config, stages = model_design(model)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "id": f"bench-{directory.name}",
         "version": "0.0.1",
         "title": "Benchmark model (random weights)",
-        "description": "Untrained default-configuration network, for timing only.",
+        "description": "Untrained network, for timing only.",
         "modality": "CT",
         "architecture": config.to_dict(),
         "landmarks": [{"name": f"landmark_{index:02d}"} for index in range(N_LANDMARKS)],
@@ -151,15 +161,16 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="h3de-detect-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        for model, stages in MODELS.items():
-            print(f"model {model}: {N_LANDMARKS} landmarks, default config, random weights; "
+        for model in ("microct", "ct"):
+            config, stages = model_design(model)
+            print(f"model {model}: {N_LANDMARKS} landmarks, embed dims {list(config.embed_dims)}, random weights; "
                   + "; ".join(f"{s['name']} {s['spacing_mm'][0]} mm {'x'.join(map(str, s['patch_size']))}"
                               for s in stages))
         for name, model, size, spacing, dtype, intensity in CASES:
             volume = workdir / f"{name}.nrrd"
             if not volume.exists():
                 write_synthetic_volume(volume, size, spacing, dtype, intensity)
-            package = build_package(workdir / model, MODELS[model], intensity)
+            package = build_package(workdir / model, model, intensity)
             result = run_detect(volume, package, workdir / "out", args.device, args.threads)
             print(report(name, result), flush=True)
     finally:
