@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from builders_blobs import DIRECTIONS, blob_volume, truth_positions
+from builders_models import tiny_package
+from builders_volumes import SERIES_A, make_volume, write_dicom_series
 from H3DELandmarksLib.cli.detect import expand_inputs, parse_shard
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.data.landmark_files import read_json_metadata, read_landmarks
 from H3DELandmarksLib.data.volume_io import write_volume
-from test_predictor import tiny_package
-from test_predictor_geometry import DIRECTIONS, blob_volume, truth_positions
-from test_volume_io import SERIES_A, make_volume, write_dicom_series
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 CSV_HEADER = "label,description,x,y,z,i,j,k,confidence,status,model_id,model_version"

@@ -4,64 +4,25 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
 
+from builders_downloads import MODEL_ID, make_registry, serve
+from builders_models import small_state_dict, valid_manifest
 from H3DELandmarksLib.errors import DownloadError, ModelPackageError
 from H3DELandmarksLib.registry import (
     ModelCache,
     default_cache_dir,
     download_model,
     load_registry,
-    pack_package,
     resolve_model,
     sha256_of,
     write_package,
 )
-from test_manifest import small_state_dict, valid_manifest
 
-MODEL_ID = "test-skull"
 FAST = dict(show_progress=False, retries=2, backoff_s=0.0, timeout=(2.0, 2.0))
-
-
-class Handler(BaseHTTPRequestHandler):
-    """Serves `server.routes[path](handler, attempt)`; logs every request's path and Range header."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        attempt = sum(1 for logged in self.server.log if logged["path"] == self.path)
-        self.server.log.append({"path": self.path, "range": self.headers.get("Range")})
-        route = self.server.routes.get(self.path)
-        if route is None:
-            self.send_error(404)
-        else:
-            route(self, attempt)
-
-
-def serve(payload: bytes, ranges: bool = True, cut_at: int | None = None):
-    """A route sending `payload` (206 for Range requests if `ranges`), closing after `cut_at` bytes."""
-
-    def route(handler: Handler, attempt: int) -> None:
-        match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")
-        start = int(match.group(1)) if ranges and match else 0
-        handler.send_response(206 if start else 200)
-        handler.send_header("Content-Length", str(len(payload) - start))
-        if start:
-            handler.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
-        handler.end_headers()
-        body = payload[start:]
-        handler.wfile.write(body if cut_at is None else body[:cut_at])
-        handler.wfile.flush()
-        handler.close_connection = True
-
-    return route
 
 
 def first_then(first, then):
@@ -71,40 +32,6 @@ def first_then(first, then):
 
 def status(code: int):
     return lambda handler, attempt: handler.send_error(code)
-
-
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.routes, httpd.log = {}, []
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory):
-    """(zip bytes, sha256, size) of a valid package of about 400 kB.
-
-    Large enough that a transfer cut half-way has already written whole 64 kB chunks to the
-    partial file (the bytes of an unfinished chunk are lost with the connection).
-    """
-    folder = tmp_path_factory.mktemp("packed")
-    weights = {**small_state_dict(), "noise": torch.randn(100_000, generator=torch.Generator().manual_seed(1))}
-    write_package(folder / "package", valid_manifest(), weights)
-    info = pack_package(folder / "package", folder / "package.zip")
-    return info.path.read_bytes(), info.sha256, info.size
-
-
-def make_registry(tmp_path: Path, server, path: str, sha256: str, size: int):
-    registry_file = tmp_path / "models.json"
-    entry = {"id": MODEL_ID, "version": "1.0.0", "title": "Test skull", "bundled": None,
-             "url": f"http://127.0.0.1:{server.server_port}{path}", "sha256": sha256, "size": size}
-    registry_file.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
-    return load_registry(registry_file)
 
 
 def assert_nothing_loadable(cache_root: Path, registry) -> None:

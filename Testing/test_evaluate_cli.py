@@ -190,9 +190,8 @@ def test_cli_runs_a_model_over_a_dataset_folder(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_runs_a_real_model_package_on_a_generic_dataset(tmp_path, capsys):
-    from test_predictor import tiny_package
-    from test_predictor_geometry import DIRECTIONS, blob_volume, truth_positions
-
+    from builders_blobs import DIRECTIONS, blob_volume, truth_positions
+    from builders_models import tiny_package
     from H3DELandmarksLib.data.volume_io import write_volume
 
     one_window = [{"name": "fine", "spacing_mm": [3.0, 3.0, 3.0], "patch_size": [40, 40, 40]}]

@@ -9,10 +9,10 @@ import zipfile
 import pytest
 import torch
 
+from builders_models import small_state_dict, valid_manifest
 from H3DELandmarksLib.errors import ModelPackageError
 from H3DELandmarksLib.model.config import H3DEConfig, default_config
 from H3DELandmarksLib.registry import (
-    SCHEMA_VERSION,
     check_package,
     pack_package,
     read_manifest,
@@ -21,49 +21,6 @@ from H3DELandmarksLib.registry import (
     validate_manifest,
     write_package,
 )
-
-
-def valid_manifest(model_id: str = "test-skull", version: str = "1.0.0") -> dict:
-    """A small, valid two-landmark manifest."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "id": model_id,
-        "version": version,
-        "title": "Test skull landmarks",
-        "description": "Two landmarks for tests.",
-        "modality": "synthetic CT",
-        "architecture": default_config(n_landmarks=2).to_dict(),
-        "landmarks": [{"name": "A", "description": "first"}, {"name": "B", "description": "second"}],
-        "preprocessing": {
-            "orientation": "canonical",
-            "intensity": {"clip_min": -1000, "clip_max": 2000, "scale_min": -1000, "scale_max": 2000},
-            "stages": [
-                {"name": "coarse", "spacing_mm": [2.0, 2.0, 2.0], "patch_size": [64, 64, 64]},
-                {"name": "fine", "spacing_mm": [0.5, 0.5, 0.5], "patch_size": [32, 32, 32]},
-            ],
-        },
-        "confidence_threshold": 0.3,
-        "training": {
-            "provenance": {"repository": "tests"},
-            "data": {"cases": 3},
-            "recipe": {"epochs": 1},
-            "command": "h3de train --config tests.json",
-            "metrics": {"mean_radial_error_mm": 1.25},
-        },
-        "license": "CC-BY-4.0",
-        "created": "2025-01-31T12:00:00Z",
-    }
-
-
-def small_state_dict() -> dict[str, torch.Tensor]:
-    """A tiny state dict: float32 and float16 weights and an int64 BatchNorm counter."""
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "encoder.weight": torch.randn(4, 3, generator=generator),
-        "encoder.bias": torch.zeros(4),
-        "head.weight": torch.randn(2, 4, generator=generator).half(),
-        "norm.num_batches_tracked": torch.tensor(7),
-    }
 
 
 def broken(path: str, value=None, delete: bool = False):

@@ -9,9 +9,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from builders_models import small_state_dict, valid_manifest
 from H3DELandmarksLib.cli import main as cli_main
 from H3DELandmarksLib.registry import ModelCache, pack_package, write_package
-from test_manifest import small_state_dict, valid_manifest
 
 
 class QuietHandler(SimpleHTTPRequestHandler):

@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 import vtk
 
+from builders_blobs import COARSE, DIRECTIONS, FINE, blob_volume, heatmap_predictor, truth_positions, voxel_errors
+from builders_downloads import MODEL_ID, make_registry, serve
+from builders_models import small_state_dict, valid_manifest
 from H3DELandmarksLib.data.phantom import PHANTOM_LANDMARK_NAMES, make_phantom
 from H3DELandmarksLib.data.volume_io import read_volume, write_volume
 from H3DELandmarksLib.errors import H3DEError, VolumeError
@@ -40,17 +43,6 @@ from H3DELandmarksLib.mrml.volume_node import (  # noqa: E402
     volume_to_node,
 )
 from H3DELandmarksLib.registry import SCHEMA_VERSION, ModelCache, write_package  # noqa: E402
-from test_download import MODEL_ID, make_registry, packed, serve, server  # noqa: E402,F401 - fixtures
-from test_manifest import small_state_dict, valid_manifest  # noqa: E402
-from test_predictor_geometry import (  # noqa: E402
-    COARSE,
-    DIRECTIONS,
-    FINE,
-    blob_volume,
-    heatmap_predictor,
-    truth_positions,
-    voxel_errors,
-)
 
 DOWNLOAD_OPTIONS = dict(retries=0, backoff_s=0.0, timeout=(2.0, 2.0))
 DETECTION_TIMEOUT_S = 180.0

@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from H3DELandmarksLib.data.volume import Volume
-from H3DELandmarksLib.errors import DetectionCancelled, H3DEError, ModelPackageError
-from H3DELandmarksLib.inference import Predictor, resolve_device
-from H3DELandmarksLib.inference.preprocessing import IntensityMap, stage_grid
-from H3DELandmarksLib.inference.tiling import group_landmarks, plan_windows
-from H3DELandmarksLib.model.config import default_config
-from H3DELandmarksLib.model.network import H3DENet
-from H3DELandmarksLib.registry import write_package
-from test_predictor_geometry import (
+from builders_blobs import (
     COARSE,
     COARSE_TILED,
     DIRECTIONS,
@@ -29,6 +21,12 @@ from test_predictor_geometry import (
     manifest,
     truth_positions,
 )
+from builders_models import tiny_package
+from H3DELandmarksLib.data.volume import Volume
+from H3DELandmarksLib.errors import DetectionCancelled, H3DEError, ModelPackageError
+from H3DELandmarksLib.inference import Predictor, resolve_device
+from H3DELandmarksLib.inference.preprocessing import IntensityMap, stage_grid
+from H3DELandmarksLib.inference.tiling import group_landmarks, plan_windows
 
 
 def test_progress_fractions_increase_to_one():
@@ -129,22 +127,6 @@ def test_intensity_map_clips_and_scales():
     mapped = IntensityMap(-1000, 2000, 0, 1).apply(np.array([-3000, -1000, 500, 2000, 9000], np.int16))
     np.testing.assert_allclose(mapped, [0, 0, 0.5, 1, 1])
     assert mapped.dtype == np.float32
-
-
-TWO_STAGES = [
-    {"name": "coarse", "spacing_mm": [3.0, 3.0, 3.0], "patch_size": [40, 40, 40]},
-    {"name": "fine", "spacing_mm": [1.5, 1.5, 1.5], "patch_size": [40, 40, 40]},
-]
-
-
-def tiny_package(path, n_landmarks=3, head="heatmap", stages=TWO_STAGES):
-    """A model package with a tiny default-configuration network and random weights."""
-    config = default_config(n_landmarks, head=head, embed_dims=(16, 32, 64, 128), qk_dims=(16, 32, 64, 128))
-    torch.manual_seed(0)
-    package_manifest = manifest(n_landmarks, "canonical", stages, head=head)
-    package_manifest["architecture"] = config.to_dict()
-    package_manifest["heatmap_peak"] = 2.0
-    return write_package(path, package_manifest, H3DENet(config).state_dict())
 
 
 @pytest.mark.parametrize("head", ["heatmap", "proposals"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from builders_volumes import rotation
 from H3DELandmarksLib.data.resample import (
     crop_or_pad_to_box,
     crop_to_physical_box,
@@ -14,16 +15,6 @@ from H3DELandmarksLib.data.resample import (
     resample_to_spacing,
 )
 from H3DELandmarksLib.data.volume import Volume
-
-
-def rotation(axis: int, angle: float) -> np.ndarray:
-    """Rotation matrix by `angle` radians about LPS axis `axis`."""
-    first, second = [a for a in range(3) if a != axis]
-    matrix = np.eye(3)
-    matrix[first, first] = matrix[second, second] = np.cos(angle)
-    matrix[first, second], matrix[second, first] = -np.sin(angle), np.sin(angle)
-    return matrix
-
 
 OBLIQUE = rotation(0, 0.4) @ rotation(1, -0.3) @ rotation(2, 0.6)
 SPACING = (1.0, 1.25, 0.8)

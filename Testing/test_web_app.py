@@ -20,6 +20,7 @@ import slicer
 from trame.app import get_server
 from trame_slicer.core import SlicerApp
 
+from builders_blobs import COARSE, DIRECTIONS, FINE, blob_volume, heatmap_predictor, truth_positions
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.data.landmark_files import read_landmarks
 from H3DELandmarksLib.data.volume_io import write_volume
@@ -29,7 +30,6 @@ from H3DELandmarksLib.mrml.volume_node import lps_to_ras
 from H3DELandmarksLib.web.cases import CaseList, review_files
 from H3DELandmarksLib.web.controller import ReviewController
 from H3DELandmarksLib.web.detection import BackgroundDetector
-from test_predictor_geometry import COARSE, DIRECTIONS, FINE, blob_volume, heatmap_predictor, truth_positions
 
 SHOWN = [0, 1, 2]  # landmark 3 has no ball: absent
 SERVERS = iter(range(10**6))

@@ -33,13 +33,13 @@ import numpy as np
 import pytest
 import torch
 
+from builders_blobs import manifest
 from H3DELandmarksLib.cli.serve import READY_PREFIX
 from H3DELandmarksLib.data.phantom import make_phantom
 from H3DELandmarksLib.data.volume_io import write_volume
 from H3DELandmarksLib.model.config import default_config
 from H3DELandmarksLib.model.network import H3DENet
 from H3DELandmarksLib.registry import write_package
-from test_predictor_geometry import manifest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
