@@ -16,12 +16,24 @@ same seed with a different direction or `absent` list therefore gives the same a
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from .landmarks import Landmarks
+from .solids import (
+    Box,
+    Capsule,
+    Cylinder,
+    Difference,
+    Ellipsoid,
+    HalfSpace,
+    Intersection,
+    Shape,
+    Slab,
+    sphere,
+)
 from .volume import Volume
 
 PHANTOM_LANDMARKS: dict[str, str] = {
@@ -47,164 +59,6 @@ _MAX_JAW_OPENING_DEG = 18.0
 _FILL = 0.92
 _BLUR_VOXELS = 0.45
 _SIDES = (("left", 1.0), ("right", -1.0))
-
-
-_Box = tuple[np.ndarray, np.ndarray]  # lowest and highest corner
-
-
-class _Shape(Protocol):
-    def bound(self) -> _Box | None:
-        """Axis-aligned box holding the shape (anatomical mm), None if unbounded."""
-
-    def contains(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Boolean mask of the points inside."""
-
-
-def _sphere_directions(count: int = 96) -> np.ndarray:
-    """Near-uniform unit vectors (Fibonacci sphere), ``(count, 3)``."""
-    k = np.arange(count) + 0.5
-    z = 1.0 - 2.0 * k / count
-    phi = np.pi * (1.0 + 5.0**0.5) * k
-    r = np.sqrt(1.0 - z * z)
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
-
-
-_DIRECTIONS = _sphere_directions()
-
-
-@dataclass(frozen=True)
-class _Ellipsoid:
-    centre: np.ndarray
-    semi: np.ndarray
-
-    def bound(self) -> _Box:
-        return self.centre - self.semi, self.centre + self.semi
-
-    def contains(self, x, y, z):
-        c, a = self.centre, self.semi
-        return ((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2 + ((z - c[2]) / a[2]) ** 2 < 1.0
-
-    def surface_points(self) -> np.ndarray:
-        return self.centre + _DIRECTIONS * self.semi
-
-    def grown(self, margin: float) -> "_Ellipsoid":
-        return _Ellipsoid(self.centre, self.semi + margin)
-
-    def surface_point(self, point: Sequence[float], axis: int, sign: float) -> np.ndarray:
-        """`point` with its `axis` coordinate moved onto the surface, on the `sign` side."""
-        point = np.array(point, float)
-        others = [a for a in range(3) if a != axis]
-        rest = 1.0 - sum(((point[a] - self.centre[a]) / self.semi[a]) ** 2 for a in others)
-        point[axis] = self.centre[axis] + sign * self.semi[axis] * np.sqrt(rest)
-        return point
-
-
-@dataclass(frozen=True)
-class _Capsule:
-    """Points within `radius` of the segment a-b (a sphere when a equals b)."""
-
-    a: np.ndarray
-    b: np.ndarray
-    radius: float
-
-    def bound(self) -> _Box:
-        return np.minimum(self.a, self.b) - self.radius, np.maximum(self.a, self.b) + self.radius
-
-    def contains(self, x, y, z):
-        axis = self.b - self.a
-        length = float(np.linalg.norm(axis))
-        u = axis / length if length > 0 else axis
-        dx, dy, dz = x - self.a[0], y - self.a[1], z - self.a[2]
-        t = np.clip(dx * u[0] + dy * u[1] + dz * u[2], 0.0, length)
-        return (dx - t * u[0]) ** 2 + (dy - t * u[1]) ** 2 + (dz - t * u[2]) ** 2 < self.radius**2
-
-    def surface_points(self) -> np.ndarray:
-        return np.concatenate([self.a + self.radius * _DIRECTIONS, self.b + self.radius * _DIRECTIONS])
-
-    def grown(self, margin: float) -> "_Capsule":
-        return _Capsule(self.a, self.b, self.radius + margin)
-
-
-def _sphere(centre: np.ndarray, radius: float) -> _Capsule:
-    return _Capsule(centre, centre, radius)
-
-
-@dataclass(frozen=True)
-class _Cylinder:
-    """Flat-ended cylinder of `radius` around the segment a-b."""
-
-    a: np.ndarray
-    b: np.ndarray
-    radius: float
-
-    def bound(self) -> _Box:
-        return np.minimum(self.a, self.b) - self.radius, np.maximum(self.a, self.b) + self.radius
-
-    def contains(self, x, y, z):
-        axis = self.b - self.a
-        length = float(np.linalg.norm(axis))
-        u = axis / length
-        dx, dy, dz = x - self.a[0], y - self.a[1], z - self.a[2]
-        t = dx * u[0] + dy * u[1] + dz * u[2]
-        radial = dx * dx + dy * dy + dz * dz - t * t
-        return (t >= 0.0) & (t <= length) & (radial < self.radius**2)
-
-
-@dataclass(frozen=True)
-class _HalfSpace:
-    """Points on the side of the plane through `point` that `normal` points to."""
-
-    point: np.ndarray
-    normal: np.ndarray
-
-    def bound(self) -> None:
-        return None
-
-    def contains(self, x, y, z):
-        p, n = self.point, self.normal
-        return (x - p[0]) * n[0] + (y - p[1]) * n[1] + (z - p[2]) * n[2] > 0.0
-
-
-@dataclass(frozen=True)
-class _Slab:
-    """Points closer than `half_width` to the plane through `point` with unit `normal`."""
-
-    point: np.ndarray
-    normal: np.ndarray
-    half_width: float
-
-    def bound(self) -> None:
-        return None
-
-    def contains(self, x, y, z):
-        p, n = self.point, self.normal
-        return np.abs((x - p[0]) * n[0] + (y - p[1]) * n[1] + (z - p[2]) * n[2]) < self.half_width
-
-
-class _Intersection:
-    def __init__(self, *shapes: _Shape) -> None:
-        self.shapes = shapes
-
-    def bound(self) -> _Box:
-        boxes = [box for box in (shape.bound() for shape in self.shapes) if box is not None]
-        return np.max([low for low, _ in boxes], axis=0), np.min([high for _, high in boxes], axis=0)
-
-    def contains(self, x, y, z):
-        mask = self.shapes[0].contains(x, y, z)
-        for shape in self.shapes[1:]:
-            mask &= shape.contains(x, y, z)
-        return mask
-
-
-class _Difference:
-    def __init__(self, kept: _Shape, removed: _Shape) -> None:
-        self.kept, self.removed = kept, removed
-
-    def bound(self) -> _Box | None:
-        return self.kept.bound()
-
-    def contains(self, x, y, z):
-        return self.kept.contains(x, y, z) & ~self.removed.contains(x, y, z)
 
 
 @dataclass(frozen=True)
@@ -247,7 +101,7 @@ class _Layer(NamedTuple):
     """
 
     order: int
-    shape: _Shape
+    shape: Shape
     hu: float
     removed_with: str | None = None
 
@@ -289,18 +143,18 @@ def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * k @ k
 
 
-def _skull(vary: _Variation, g: np.ndarray, tissue: _Tissue) -> tuple[_Ellipsoid, _Head]:
+def _skull(vary: _Variation, g: np.ndarray, tissue: _Tissue) -> tuple[Ellipsoid, _Head]:
     """Vault with sutures, brain and ventricles, skull base with the sella, occipital knob."""
-    outer = _Ellipsoid(_v(0, 0, 0), _v(35, 42, 36) * g)
+    outer = Ellipsoid(_v(0, 0, 0), _v(35, 42, 36) * g)
     inner = outer.grown(-4.5 * vary.factor(0.1))
     bregma = outer.surface_point(_v(0, (-6 + vary.offset(3)) * g[1], 0), axis=2, sign=1)
-    suture_level = _HalfSpace(_v(0, 0, 0.25 * outer.semi[2]), _v(0, 0, 1))
-    coronal = _Intersection(outer, _Slab(bregma, _v(0, 1, 0), 1.25), suture_level)
-    behind_bregma = _HalfSpace(bregma, _v(0, 1, 0))
-    sagittal = _Intersection(outer, _Slab(bregma, _v(1, 0, 0), 1.25), behind_bregma, suture_level)
+    suture_level = HalfSpace(_v(0, 0, 0.25 * outer.semi[2]), _v(0, 0, 1))
+    coronal = Intersection(outer, Slab(bregma, _v(0, 1, 0), 1.25), suture_level)
+    behind_bregma = HalfSpace(bregma, _v(0, 1, 0))
+    sagittal = Intersection(outer, Slab(bregma, _v(1, 0, 0), 1.25), behind_bregma, suture_level)
     knob_radius = 5.0 * vary.factor(0.15)
     knob_surface = outer.surface_point(_v(0, 0, (-6 + vary.offset(3)) * g[2]), axis=1, sign=1)
-    knob = _sphere(knob_surface - _v(0, 1.5, 0), knob_radius)
+    knob = sphere(knob_surface - _v(0, 1.5, 0), knob_radius)
     sella = _v(vary.offset(1), -4 * g[1] + vary.offset(1.5), -20 * g[2] + vary.offset(1))
     m = float(np.mean(g))
     layers = [
@@ -310,30 +164,30 @@ def _skull(vary: _Variation, g: np.ndarray, tissue: _Tissue) -> tuple[_Ellipsoid
         _Layer(5, coronal, tissue.soft, "bregma"),
         _Layer(5, sagittal, tissue.soft, "bregma"),
         _Layer(6, inner, tissue.brain),
-        *(_Layer(7, _Ellipsoid(_v(side * 5, 3, 6) * g, _v(3, 11, 5) * g), tissue.csf) for _, side in _SIDES),
-        _Layer(8, _Ellipsoid(sella - _v(0, 0, 5 * m), _v(10, 9, 7) * m), tissue.bone),
-        _Layer(9, _sphere(sella, 3.5 * m), tissue.soft, "sella"),
-        _Layer(9, _Cylinder(_v(0, 7, -45) * g, _v(0, 7, -28) * g, 6.5 * m), tissue.csf),
+        *(_Layer(7, Ellipsoid(_v(side * 5, 3, 6) * g, _v(3, 11, 5) * g), tissue.csf) for _, side in _SIDES),
+        _Layer(8, Ellipsoid(sella - _v(0, 0, 5 * m), _v(10, 9, 7) * m), tissue.bone),
+        _Layer(9, sphere(sella, 3.5 * m), tissue.soft, "sella"),
+        _Layer(9, Cylinder(_v(0, 7, -45) * g, _v(0, 7, -28) * g, 6.5 * m), tissue.csf),
         _Layer(13, knob, tissue.bone, "inion"),
     ]
     landmarks = {"bregma": bregma, "inion": knob.a + _v(0, knob_radius, 0), "sella": sella}
     return outer, _Head(layers, landmarks)
 
 
-def _face(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -> _Head:
+def _face(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: Ellipsoid) -> _Head:
     """Maxilla with sinuses and nasal cavity, nasal bone, orbits with eyeballs."""
     m = float(np.mean(g))
-    maxilla = _Ellipsoid(_v(0, -26, -28) * g, _v(25, 16, 16) * g)
+    maxilla = Ellipsoid(_v(0, -26, -28) * g, _v(25, 16, 16) * g)
     nasion = skull.surface_point(_v(0, 0, (-3 + vary.offset(1.5)) * g[2]), axis=1, sign=-1)
-    nasal_bone = _Capsule(nasion, nasion + _v(0, -8 + vary.offset(2), -12 + vary.offset(2)) * g, 2.5 * m)
+    nasal_bone = Capsule(nasion, nasion + _v(0, -8 + vary.offset(2), -12 + vary.offset(2)) * g, 2.5 * m)
     layers = [
         _Layer(_ENVELOPE, maxilla.grown(4.0), tissue.soft),
-        _Layer(_ENVELOPE, _Ellipsoid(_v(0, -15, -44) * g, _v(30, 24, 18) * g), tissue.soft),
+        _Layer(_ENVELOPE, Ellipsoid(_v(0, -15, -44) * g, _v(30, 24, 18) * g), tissue.soft),
         _Layer(_ENVELOPE, nasal_bone.grown(3.5), tissue.soft, "nasion"),
         _Layer(1, maxilla, tissue.bone),
         _Layer(2, maxilla.grown(-3.0), tissue.soft),
-        *(_Layer(3, _Ellipsoid(_v(side * 11, -26, -27) * g, _v(6, 8, 8) * g), _AIR) for _, side in _SIDES),
-        _Layer(3, _Ellipsoid(_v(0, -32, -25) * g, _v(4, 9, 10) * g), _AIR),
+        *(_Layer(3, Ellipsoid(_v(side * 11, -26, -27) * g, _v(6, 8, 8) * g), _AIR) for _, side in _SIDES),
+        _Layer(3, Ellipsoid(_v(0, -32, -25) * g, _v(4, 9, 10) * g), _AIR),
         _Layer(13, nasal_bone, tissue.bone, "nasion"),
     ]
     landmarks = {"nasion": nasion}
@@ -341,32 +195,32 @@ def _face(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -
         surface = skull.surface_point(_v(side * 16, 0, -7) * g, axis=1, sign=-1)
         centre = surface + _v(0, 2.5, 0) + vary.offset(1.5, 3)
         radius = 9.5 * m * vary.factor(0.05)
-        wall = _Difference(_sphere(centre, radius + 3.5), _sphere(centre, radius))
-        behind_rim = _HalfSpace(centre - _v(0, 0.45 * (radius + 3.5), 0), _v(0, 1, 0))
-        globe = _sphere(centre, 0.78 * radius)
+        wall = Difference(sphere(centre, radius + 3.5), sphere(centre, radius))
+        behind_rim = HalfSpace(centre - _v(0, 0.45 * (radius + 3.5), 0), _v(0, 1, 0))
+        globe = sphere(centre, 0.78 * radius)
         tag = f"orbit_{name}"
         layers += [
             _Layer(_ENVELOPE, globe.grown(2.5), tissue.soft, tag),
-            _Layer(10, _Intersection(wall, behind_rim), tissue.bone, tag),
-            _Layer(11, _Intersection(_sphere(centre, radius), behind_rim), tissue.fat, tag),
+            _Layer(10, Intersection(wall, behind_rim), tissue.bone, tag),
+            _Layer(11, Intersection(sphere(centre, radius), behind_rim), tissue.fat, tag),
             _Layer(12, globe, tissue.globe, tag),
         ]
         landmarks[tag] = centre
     return _Head(layers, landmarks)
 
 
-def _ears(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -> _Head:
+def _ears(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: Ellipsoid) -> _Head:
     """Petrous bones and mastoid processes, each with a bone-lined ear canal running in from the side."""
     layers, landmarks = [], {}
     for name, side in _SIDES:
         level = _v(0, (4 + vary.offset(1.5)) * g[1], (-14 + vary.offset(1.5)) * g[2])
         porion = skull.surface_point(level, axis=0, sign=side)
         lateral = _v(side, 0, 0)
-        petrous = _Ellipsoid(porion - 10 * lateral + _v(0, 2, 1), _v(8, 10, 7) * g)
+        petrous = Ellipsoid(porion - 10 * lateral + _v(0, 2, 1), _v(8, 10, 7) * g)
         radius = 2.5 * float(np.mean(g))
-        canal = _Capsule(porion + 10 * lateral, porion - 11 * lateral, radius)
-        canal_wall = _Intersection(_Cylinder(porion - 13 * lateral, porion, radius + 3.0), skull)
-        mastoid = _Ellipsoid(porion - 3 * lateral + _v(0, 6, -8) * g, _v(5, 6, 8) * g)
+        canal = Capsule(porion + 10 * lateral, porion - 11 * lateral, radius)
+        canal_wall = Intersection(Cylinder(porion - 13 * lateral, porion, radius + 3.0), skull)
+        mastoid = Ellipsoid(porion - 3 * lateral + _v(0, 6, -8) * g, _v(5, 6, 8) * g)
         layers += [
             _Layer(_ENVELOPE, mastoid.grown(3.0), tissue.soft),
             _Layer(8, petrous, tissue.dense_bone),
@@ -378,7 +232,7 @@ def _ears(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -
     return _Head(layers, landmarks)
 
 
-def _mandible(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoid) -> _Head:
+def _mandible(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: Ellipsoid) -> _Head:
     """Separate jaw bone: condyles below the skull, rami, angles, body and chin; opens at random."""
     m = float(np.mean(g))
     jaw_radius, condyle_radius, chin_radius = 3.4 * m, 4.0 * m, 5.0 * m
@@ -393,8 +247,8 @@ def _mandible(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoi
     pivot = condyles["right"]
     chin = pivot + opening @ (chin - pivot)
     layers = [
-        _Layer(_ENVELOPE, _sphere(chin, chin_radius + 4), tissue.soft, "menton"),
-        _Layer(13, _sphere(chin, chin_radius), tissue.bone, "menton"),
+        _Layer(_ENVELOPE, sphere(chin, chin_radius + 4), tissue.soft, "menton"),
+        _Layer(13, sphere(chin, chin_radius), tissue.bone, "menton"),
     ]
     landmarks = {"menton": chin + opening @ _v(0, 0, -chin_radius)}
     for name, _ in _SIDES:
@@ -402,10 +256,10 @@ def _mandible(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoi
         middle = (angle + chin) / 2
         tag = f"gonion_{name}"
         for solid, removed_with in (
-            (_Capsule(condyles[name], angle, jaw_radius), tag),
-            (_sphere(condyles[name], condyle_radius), tag),
-            (_Capsule(angle, middle, jaw_radius), tag),
-            (_Capsule(middle, chin, jaw_radius), "menton"),
+            (Capsule(condyles[name], angle, jaw_radius), tag),
+            (sphere(condyles[name], condyle_radius), tag),
+            (Capsule(angle, middle, jaw_radius), tag),
+            (Capsule(middle, chin, jaw_radius), "menton"),
         ):
             layers += [
                 _Layer(_ENVELOPE, solid.grown(4.0), tissue.soft, removed_with),
@@ -416,9 +270,9 @@ def _mandible(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: _Ellipsoi
     return _Head(layers, landmarks)
 
 
-def _dens(g: np.ndarray) -> _Capsule:
+def _dens(g: np.ndarray) -> Capsule:
     """The odontoid process, pointing up from the second vertebra into the atlas ring."""
-    return _Capsule(_v(0, 1, -50) * g, _v(0, 1, -40) * g, 3.0 * float(np.mean(g)))
+    return Capsule(_v(0, 1, -50) * g, _v(0, 1, -40) * g, 3.0 * float(np.mean(g)))
 
 
 def _spine(g: np.ndarray, tissue: _Tissue, bottom: float) -> list[_Layer]:
@@ -426,22 +280,22 @@ def _spine(g: np.ndarray, tissue: _Tissue, bottom: float) -> list[_Layer]:
     m = float(np.mean(g))
     low = min(bottom, -60.0 * g[2]) - 10.0
 
-    def column(y: float, top: float, radius: float) -> _Cylinder:
-        return _Cylinder(_v(0, y * g[1], low), _v(0, y * g[1], top * g[2]), radius * m)
+    def column(y: float, top: float, radius: float) -> Cylinder:
+        return Cylinder(_v(0, y * g[1], low), _v(0, y * g[1], top * g[2]), radius * m)
 
-    def segment(y: float, z_from: float, z_to: float, radius: float) -> _Cylinder:
-        return _Cylinder(_v(0, y, z_from) * g, _v(0, y, z_to) * g, radius * m)
+    def segment(y: float, z_from: float, z_to: float, radius: float) -> Cylinder:
+        return Cylinder(_v(0, y, z_from) * g, _v(0, y, z_to) * g, radius * m)
 
     layers = [
         _Layer(_ENVELOPE, column(1, -30, 22), tissue.soft),
-        _Layer(14, _Difference(segment(5, -44, -38, 11), segment(5, -44, -38, 8.5)), tissue.bone),
+        _Layer(14, Difference(segment(5, -44, -38, 11), segment(5, -44, -38, 8.5)), tissue.bone),
         _Layer(16, column(9, -28, 3.5), tissue.brain),
         _Layer(17, _dens(g), tissue.bone, "dens_tip"),
         _Layer(18, column(-14, -38, 3.5), _AIR),
     ]
     top = -46.0
     while top * g[2] > low:
-        arch = _Difference(segment(9, top - 10, top - 2, 8), segment(9, top - 10, top - 2, 5))
+        arch = Difference(segment(9, top - 10, top - 2, 8), segment(9, top - 10, top - 2, 5))
         layers += [
             _Layer(14, segment(-1, top - 12, top, 7), tissue.bone),
             _Layer(15, segment(-1, top - 11, top - 1, 5.8), tissue.cancellous),
@@ -510,7 +364,7 @@ class _Canvas:
         mask = layer.shape.contains(self.x[box], self.y[box], self.z[box])
         self.hu[box][mask] = layer.hu
 
-    def _box(self, bound: _Box | None) -> tuple[slice, slice, slice] | None:
+    def _box(self, bound: Box | None) -> tuple[slice, slice, slice] | None:
         """Array slices ``[k, j, i]`` covering an anatomical box, None when it misses the grid."""
         if bound is None:
             return (slice(None),) * 3
