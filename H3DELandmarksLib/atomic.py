@@ -8,28 +8,40 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import H3DEError
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
-    """Write `data` to `path` atomically; refuse to replace an existing file unless `overwrite`."""
+@contextmanager
+def atomic_destination(path: str | os.PathLike, overwrite: bool = False, suffix: str = ".part") -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to; on success it is renamed to `path`,
+    on failure removed. Refuses to replace an existing file unless `overwrite`. `suffix` lets
+    writers that choose their format by extension see the right one."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise H3DEError(f"{path} already exists; pass overwrite (--overwrite) to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+        yield Path(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
+    """Write `data` to `path` atomically; refuse to replace an existing file unless `overwrite`."""
+    with atomic_destination(path, overwrite) as temporary:
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:

@@ -16,14 +16,13 @@ import csv
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import slicer
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_destination, atomic_write_text
 from ..data.landmark_files.common import number_text, split_confidence
-from ..errors import H3DEError, LandmarkFileError
+from ..errors import LandmarkFileError
 from .corrections import review_points
 from .markups_node import VOLUME_REFERENCE_ROLE, confidence_threshold, point_position_lps
 from .volume_node import lps_to_ras
@@ -45,20 +44,12 @@ def export_mrk_json(
 ) -> Path:
     """Write the node's points to a ``.mrk.json`` file in LPS with Slicer's markups JSON writer."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise H3DEError(f"{path} already exists; pass overwrite (--overwrite) to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.mrk.json", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_destination(path, overwrite, suffix=".part.mrk.json") as temporary:
         storage = slicer.vtkMRMLMarkupsJsonStorageNode()
         storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.CoordinateSystemLPS)
-        storage.SetFileName(temporary)
+        storage.SetFileName(str(temporary))
         if not storage.WriteData(_world_copy(node)):
             raise LandmarkFileError(f"Cannot write {path} (disk full or not writable?).")
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     return path
 
 

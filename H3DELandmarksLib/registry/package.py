@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_destination
 from ..errors import ModelPackageError
 from ..model.config import H3DEConfig
 from .manifest import read_manifest, validate_manifest
@@ -137,19 +138,13 @@ def pack_package(directory: str | os.PathLike, zip_path: str | os.PathLike,
     zip_path = Path(zip_path)
     if zip_path.exists() and not overwrite:
         raise ModelPackageError(f"{zip_path} already exists; pass overwrite (--overwrite) to replace it.")
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".part", dir=zip_path.parent)
-    os.close(handle)
-    try:
+    with atomic_destination(zip_path, overwrite=True) as temporary:
         with zipfile.ZipFile(temporary, "w") as archive:
             for name in PACKAGE_FILES:
                 info = zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 with open(package.path / name, "rb") as source, archive.open(info, "w") as target:
                     shutil.copyfileobj(source, target, CHUNK_BYTES)
-        os.replace(temporary, zip_path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     return PackedPackage(path=zip_path, sha256=sha256_of(zip_path), size=zip_path.stat().st_size)
 
 
