@@ -105,13 +105,7 @@ def test_volume_node_holds_the_volume_with_its_geometry_in_ras(phantom):
 def test_slicer_reader_and_bridge_agree_on_every_voxel_position(tmp_path, phantom):
     """Slicer's NRRD reader makes a left-handed volume right-handed (k reversed); positions must agree."""
     volume, _ = phantom
-    path = write_volume(volume, tmp_path / "phantom.nrrd")
-    scene = slicer.vtkMRMLScene()
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node) == 1
+    _, node = read_into_scene(write_volume(volume, tmp_path / "phantom.nrrd"))
     seen = volume_from_node(node)
     k, j, i = np.meshgrid(*(np.arange(n) for n in volume.array.shape), indexing="ij")
     ijk = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(float)

@@ -26,6 +26,7 @@ from H3DELandmarksLib.data.volume import Volume
 from H3DELandmarksLib.errors import DetectionCancelled, H3DEError, ModelPackageError
 from H3DELandmarksLib.inference import Predictor, resolve_device
 from H3DELandmarksLib.inference.preprocessing import IntensityMap, stage_grid
+from H3DELandmarksLib.model.package_loading import load_stage_networks
 from H3DELandmarksLib.inference.tiling import group_landmarks, plan_windows
 
 
@@ -145,3 +146,9 @@ def test_real_package_runs_end_to_end(tmp_path, head):
     assert np.all((detection.landmarks.confidence >= 0) & (detection.landmarks.confidence <= 1))
     assert (detection.model_id, detection.model_version) == ("blob-standin", "1.0.0")
     assert detection.coarse_positions.shape == (3, 3)
+
+
+def test_stages_of_a_shared_weights_package_share_one_network(tmp_path):
+    networks = load_stage_networks(tiny_package(tmp_path / "model").path)
+    assert set(networks) == {"coarse", "fine"}
+    assert networks["coarse"] is networks["fine"]

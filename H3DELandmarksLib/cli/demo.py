@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import H3DEError
+from .model_options import add_model_options, predictor_from_args
 
 DEFAULT_MODEL = "phantom"
 
@@ -21,12 +22,11 @@ DEFAULT_MODEL = "phantom"
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="detect landmarks on a generated CT phantom and print the error of each",
-        description=__doc__.splitlines()[0])
+        description="Draw a CT head phantom, detect its landmarks and print each one's error against the truth.")
     parser.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model id or package folder (default {DEFAULT_MODEL})")
+    add_model_options(parser, default_model=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, default=Path("h3de-demo"), help="output folder (default ./h3de-demo)")
     parser.add_argument("--absent", default="", help="comma-separated landmarks whose structure the phantom lacks")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(func=run)
 
@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from ..data.landmark_files import write_mrk_json
     from ..data.phantom import PHANTOM_LANDMARK_NAMES, make_phantom
     from ..data.volume_io import write_volume
-    from ..inference import Predictor
     from ..training.metrics import radial_errors
     from .detect import Case, write_outputs
 
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise H3DEError(f"--absent names unknown landmarks ({', '.join(unknown)}); "
                         f"choose from {', '.join(PHANTOM_LANDMARK_NAMES)}.")
     started = time.perf_counter()
-    predictor = Predictor.from_model(args.model, device=args.device)
+    predictor = predictor_from_args(args)
     volume, truth = make_phantom(args.seed, absent=absent)
     case = f"phantom-{args.seed}"
     outputs = [args.out / f"{case}.mrk.json", args.out / f"{case}.csv"]

@@ -30,7 +30,7 @@ from ..data.landmark_files import write_csv, write_json, write_mrk_json
 from ..data.volume_io import FORMAT_NAMES, read_volume, volume_format
 from ..errors import H3DEError
 from ..inference import Predictor
-from ..inference.device import DEVICES
+from .model_options import add_model_options, predictor_from_args
 
 FORMATS = ("mrk.json", "csv", "json")
 GLOB_CHARACTERS = "*?["
@@ -68,17 +68,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="volume file, DICOM folder, folder of volumes, or glob pattern (quote it)")
-    parser.add_argument("--model", required=True, metavar="ID|PATH",
-                        help="model id (ID or ID@VERSION, bundled or downloaded) or package folder")
+    add_model_options(parser)
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the output files")
     parser.add_argument("--format", type=parse_formats, default=list(FORMATS), metavar="LIST",
                         help="comma-separated output formats among mrk.json, csv, json (default: all three)")
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where the network runs (auto: cuda, then mps, then cpu)")
-    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for PyTorch")
-    parser.add_argument("--threshold", type=probability, metavar="T",
-                        help="confidence below which a landmark is reported absent (default: the model's)")
-    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="model cache folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--recursive", action="store_true", help="also take volumes in subfolders of folders")
     parser.add_argument("--shard", type=parse_shard, metavar="I/N",
@@ -97,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
         cases = cases[index - 1::count]
     events = JsonEvents() if args.progress == "json" else None
     loading = time.perf_counter()
-    predictor = Predictor.from_model(args.model, device=args.device, threads=args.threads,
-                                     cache_dir=args.cache_dir, confidence_threshold=args.threshold)
+    predictor = predictor_from_args(args)
     load_seconds = time.perf_counter() - loading
     if events:
         events.emit(event="start", cases=len(cases), model_id=predictor.model_id,
@@ -319,17 +311,3 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 1 <= index <= count:
         raise argparse.ArgumentTypeError(f"shard {text!r} needs 1 <= I <= N")
     return index, count
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value

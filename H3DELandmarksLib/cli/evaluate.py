@@ -37,7 +37,7 @@ from ..data.datasets import CASES_FILE, GenericDataset, MMLDDataset, read_cases_
 from ..data.landmark_files import read_json_metadata, read_landmarks, write_landmarks
 from ..data.volume_io import volume_format
 from ..errors import H3DEError, LandmarkFileError, VolumeError
-from ..inference.device import DEVICES
+from .model_options import add_model_options, predictor_from_args
 from ..training.evaluation import PLOTS_SKIPPED, check_report_folder, write_report
 from ..training.metrics import CLINICAL_THRESHOLDS_MM, default_thresholds, evaluate_cases, threshold_rule
 
@@ -63,12 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     files.add_argument("--truth", type=Path, metavar="DIR", help="folder of <case>.mrk.json/.fcsv/.csv truth")
     files.add_argument("--voxel-mm", type=_positive_mm, metavar="MM", help="voxel size to express errors in voxels")
     model = parser.add_argument_group("run a model")
-    model.add_argument("--model", metavar="ID|PATH", help="model id or package path")
+    add_model_options(model, required=False)
     model.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (generic or MMLD layout)")
-    model.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
-    model.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch")
-    model.add_argument("--threshold", type=float, metavar="T",
-                       help="confidence below which a landmark is absent (default: the model's)")
     parser.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="report folder")
     parser.add_argument("--cases", metavar="SELECTION", help="comma-separated case names or cases.csv values")
     parser.add_argument("--thresholds", type=_thresholds, metavar="MM,...", help="SDR thresholds in mm")
@@ -144,16 +140,12 @@ def _run_model(args: argparse.Namespace):
     """Run the model on every selected case of a dataset folder; pairs, seconds, provenance."""
     from tqdm import tqdm
 
-    from ..inference import Predictor
-
     if args.model is None or args.data is None:
         raise H3DEError("Running a model needs both --model ID|PATH and --data DIR.")
     data = _folder(args.data, "--data")
     source = MMLDDataset(data) if any(data.glob(MMLD_VOLUME_PATTERN)) else GenericDataset(data)
     cases = _selected(source.cases(), args.cases, {case: source.notes(case) for case in source.cases()})
-    predictor = Predictor.from_model(
-        args.model, device=args.device, threads=args.threads, confidence_threshold=args.threshold
-    )
+    predictor = predictor_from_args(args)
     pairs, seconds, spacings = {}, {}, []
     for case in tqdm(cases, desc="Evaluating", unit="case"):
         volume, truth = source.load(case)

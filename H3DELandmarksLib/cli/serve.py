@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 from ..errors import H3DEError
-from ..inference.device import DEVICES
 from ..registry import resolve_model
-from .detect import positive_int, probability
+from .model_options import add_model_options, predictor_from_args
 
 READY_PREFIX = "h3de serve: "
 SHOW_3D_CHOICES = {"auto": None, "on": True, "off": False}
@@ -33,17 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="*", metavar="VOLUME_OR_FOLDER",
                         help="volume file, DICOM folder, folder of volumes, or glob pattern (quote it)")
-    parser.add_argument("--model", required=True, metavar="ID|PATH",
-                        help="model id (ID or ID@VERSION, bundled or downloaded) or package folder")
+    add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8080, metavar="N", help="port (default 8080; 0: a free one)")
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where the network runs (auto: cuda, then mps, then cpu)")
-    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for PyTorch")
-    parser.add_argument("--threshold", type=probability, metavar="T",
-                        help="confidence below which a landmark is reported absent (default: the model's)")
-    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="model cache folder")
     parser.add_argument("--upload-dir", type=Path, metavar="DIR",
                         help="folder for uploaded volumes and their reviews (default: a new temporary folder)")
     parser.add_argument("--recursive", action="store_true", help="also take volumes in subfolders of folders")
@@ -57,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
     resolve_model(args.model, cache_dir=args.cache_dir)
     use_headless_opengl_without_display()
     try:
-        from ..inference import Predictor
         from ..web.app import ReviewApp
         from ..web.cases import CaseList
         from ..web.detection import BackgroundDetector
@@ -66,12 +57,8 @@ def run(args: argparse.Namespace) -> int:
             f"h3de serve needs the web extra ({error}); install it with: pip install 'h3de-landmarks[web]'."
         ) from None
 
-    def load_predictor() -> Predictor:
-        return Predictor.from_model(args.model, device=args.device, threads=args.threads,
-                                    cache_dir=args.cache_dir, confidence_threshold=args.threshold)
-
     cases = CaseList(args.inputs, args.upload_dir, args.recursive)
-    app = ReviewApp(cases, BackgroundDetector(load_predictor), args.model, SHOW_3D_CHOICES[args.show_3d])
+    app = ReviewApp(cases, BackgroundDetector(lambda: predictor_from_args(args)), args.model, SHOW_3D_CHOICES[args.show_3d])
     server = app.server
     server.controller.on_server_ready.add(
         lambda **_: print(f"{READY_PREFIX}http://{args.host}:{server.port}/", flush=True)

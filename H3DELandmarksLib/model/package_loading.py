@@ -44,19 +44,22 @@ def join_stage_state_dicts(networks: dict[str, dict[str, torch.Tensor]]) -> dict
 
 def load_stage_networks(path: str | os.PathLike, device: str = "cpu") -> dict[str, H3DENet]:
     """Each stage's network of the package at `path`, by stage name, weights loaded strictly, in
-    eval mode on `device`; each network keeps the package as ``net.package``."""
+    eval mode on `device` (stages sharing one set of weights share one network); each network keeps
+    the package as ``net.package``."""
     from ..registry import read_package
 
     package = read_package(path)
-    networks = {}
+    networks, built = {}, {}
     for stage, state in split_stage_state_dicts(package.manifest, package.state_dict(), str(package.path)).items():
-        net = H3DENet(package.config)
-        problem = state_dict_problem(net, state)
-        if problem:
-            raise ModelPackageError(f"The {stage} weights of {package.path} do not fit its architecture: {problem}.")
-        load_weights(net, state)
-        net.package = package
-        networks[stage] = net.to(device).eval()
+        if id(state) not in built:
+            net = H3DENet(package.config)
+            problem = state_dict_problem(net, state)
+            if problem:
+                raise ModelPackageError(f"The {stage} weights of {package.path} do not fit its architecture: {problem}.")
+            load_weights(net, state)
+            net.package = package
+            built[id(state)] = net.to(device).eval()
+        networks[stage] = built[id(state)]
     return networks
 
 

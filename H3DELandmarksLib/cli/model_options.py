@@ -1,0 +1,48 @@
+"""Options shared by every command that runs a model, and the predictor they describe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..inference.device import DEVICES
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number between 0 and 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def add_model_options(parser, default_model: str | None = None, required: bool = True) -> None:
+    """--model, --device, --threads, --threshold and --cache-dir on `parser` (or an argument group)."""
+    if default_model:
+        parser.add_argument("--model", default=default_model, metavar="ID|PATH",
+                            help=f"model id or package folder (default: {default_model})")
+    else:
+        parser.add_argument("--model", required=required, metavar="ID|PATH",
+                            help="model id (ID or ID@VERSION, bundled or downloaded) or package folder")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where the network runs (auto: cuda, then mps, then cpu)")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for PyTorch")
+    parser.add_argument("--threshold", type=probability, metavar="T",
+                        help="confidence below which a landmark is reported absent (default: the model's)")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="model cache folder")
+
+
+def predictor_from_args(args: argparse.Namespace):
+    """The `Predictor` the options of `add_model_options` describe."""
+    from ..inference import Predictor
+
+    return Predictor.from_model(args.model, device=args.device, threads=args.threads,
+                                cache_dir=args.cache_dir, confidence_threshold=args.threshold)
