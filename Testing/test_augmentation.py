@@ -16,6 +16,7 @@ from H3DELandmarksLib.data.augmentation import (
 )
 from H3DELandmarksLib.data.landmarks import Landmarks
 from H3DELandmarksLib.data.phantom import make_phantom
+from H3DELandmarksLib.data.shape import mean_shape
 from H3DELandmarksLib.data.volume import Volume
 from H3DELandmarksLib.inference.preprocessing import IntensityMap, extract_patch
 from H3DELandmarksLib.training.config import StageConfig
@@ -151,3 +152,21 @@ def test_landmarks_without_position_stay_unknown():
     partial = Landmarks(landmarks.names, positions, present)
     sample = phantom_sampler("coarse").validation_samples(volume, partial, seed=0)[0]
     assert np.isnan(sample.points[1]).all() and not sample.present[1]
+
+
+def test_shape_aligned_patches_follow_the_anatomy_not_the_scanner_axes():
+    volume, landmarks = make_phantom(5, size=(48, 48, 48), spacing=2.5)
+    turn = random_rotation(np.random.default_rng(1), 180.0)
+    centre = np.asarray(volume.index_to_physical((np.asarray(volume.shape_ijk) - 1) / 2.0))
+    turned_volume = Volume(volume.array, volume.spacing, centre + turn @ (np.asarray(volume.origin) - centre),
+                           turn @ np.asarray(volume.direction))
+    turned_landmarks = Landmarks(landmarks.names, centre + (landmarks.positions - centre) @ turn.T, landmarks.present)
+    stage = StageConfig("fine", (3.0, 3.0, 3.0), (40, 40, 40), orientation="shape-aligned")
+    sampler = StageSampler(stage, "canonical", IntensityMap(-1000, 2000, 0, 1), AugmentationSettings(),
+                           mean_shape([landmarks.positions]))
+    for plain, turned in zip(sampler.validation_samples(volume, landmarks, seed=2),
+                             sampler.validation_samples(turned_volume, turned_landmarks, seed=2)):
+        np.testing.assert_allclose(turned.points, plain.points, atol=1e-6)
+        np.testing.assert_allclose(turned.image, plain.image, atol=1e-4)
+    with pytest.raises(ValueError, match="mean shape"):
+        StageSampler(stage, "canonical", IntensityMap(-1000, 2000, 0, 1), AugmentationSettings())

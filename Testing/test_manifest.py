@@ -9,6 +9,7 @@ import zipfile
 import pytest
 import torch
 
+from builders_blobs import manifest as blob_manifest
 from builders_models import small_state_dict, valid_manifest
 from H3DELandmarksLib.errors import ModelPackageError
 from H3DELandmarksLib.model.config import H3DEConfig, default_config
@@ -179,3 +180,33 @@ def test_unpack_rejects_foreign_archives_and_leaves_nothing(tmp_path):
     with pytest.raises(ModelPackageError, match="is not a readable zip archive"):
         unpack_package(tmp_path / "junk.zip", tmp_path / "out" / "package")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def shape_aligned_manifest(**fine_fields) -> dict:
+    """A valid four-landmark manifest whose fine stage is shape-aligned and runs twice."""
+    fine = {"name": "fine", "spacing_mm": [1.0, 1.0, 1.0], "patch_size": [32, 32, 32],
+            "orientation": "shape-aligned", "passes": 2, **fine_fields}
+    manifest = blob_manifest(4, "canonical", [{"name": "coarse", "spacing_mm": [2.0] * 3, "patch_size": [32] * 3}, fine])
+    manifest["preprocessing"]["mean_shape"] = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 6.0]]
+    return manifest
+
+
+def test_shape_aligned_stage_needs_a_mean_shape_of_every_landmark():
+    validate_manifest(shape_aligned_manifest())
+    problems = {
+        "needs": "manifest.json: preprocessing.mean_shape is needed by the shape-aligned stage.",
+        "count": "manifest.json: preprocessing.mean_shape has 3 points for 4 landmarks.",
+        "few": "manifest.json: preprocessing.mean_shape needs at least 4 points.",
+        "coarse": "manifest.json: preprocessing.stages[0].orientation may be shape-aligned only for the fine stage.",
+        "passes": "manifest.json: preprocessing.stages[0].passes applies only to the fine stage.",
+    }
+    manifests = {name: shape_aligned_manifest() for name in problems}
+    del manifests["needs"]["preprocessing"]["mean_shape"]
+    manifests["count"]["preprocessing"]["mean_shape"].pop()
+    manifests["few"]["preprocessing"]["mean_shape"][0] = None
+    manifests["coarse"]["preprocessing"]["stages"][0]["orientation"] = "shape-aligned"
+    manifests["passes"]["preprocessing"]["stages"][0]["passes"] = 2
+    for name, message in problems.items():
+        with pytest.raises(ModelPackageError) as raised:
+            validate_manifest(manifests[name])
+        assert str(raised.value) == message

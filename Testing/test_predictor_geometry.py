@@ -16,15 +16,18 @@ import torch
 from torch import nn
 
 from builders_blobs import (
+    CENTRE_LPS,
     COARSE,
     COARSE_TILED,
     DIRECTIONS,
     FINE,
     LEVEL_STEP,
+    BlobHeatmapNet,
     LevelResponse,
     blob_volume,
     heatmap_predictor,
     manifest,
+    rotation,
     truth_positions,
     voxel_errors,
 )
@@ -115,3 +118,43 @@ def test_a_missing_ball_is_reported_absent_with_a_best_guess():
     assert landmarks.confidence[3] < 0.3 <= landmarks.confidence[:3].min()
     assert np.all(np.isfinite(landmarks.positions[3]))
     assert voxel_errors(volume, landmarks.positions[:3], truth[:3]).max() < 0.5
+
+
+class ShiftedChannelNet(nn.Module):
+    """A heatmap stand-in whose channel `channel` answers `shift` output voxels away along X."""
+
+    def __init__(self, net: nn.Module, channel: int, shift: int) -> None:
+        super().__init__()
+        self.net, self.channel, self.shift = net, channel, shift
+        self.output_stride = net.output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.net(x).clone()
+        output[:, self.channel] = torch.roll(output[:, self.channel], self.shift, dims=1)
+        return output
+
+
+SIX_OFFSETS = np.array([[-12.0, -8.0, 5.0], [10.0, -7.0, -9.0], [-5.0, 11.0, -8.0], [9.0, 9.0, 10.0],
+                        [1.0, -12.0, -11.0], [-11.0, 6.0, 11.0]])
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_shape_aligned_fine_stage_restarts_a_coarse_outlier_from_the_fitted_shape(aligned):
+    truth = CENTRE_LPS + SIX_OFFSETS
+    volume = blob_volume(DIRECTIONS["oblique"], truth)
+    scale = 1 / (LEVEL_STEP * 7)
+    fine = {"name": "fine", "spacing_mm": [1.0, 1.0, 1.0], "patch_size": [16, 16, 16]}
+    if aligned:
+        fine.update(orientation="shape-aligned", passes=2)
+    stages = manifest(6, "canonical", [COARSE, fine])
+    model_frame = rotation([2.0, -1.0, 1.0], 70.0)
+    stages["preprocessing"]["mean_shape"] = ((truth - truth.mean(0)) @ model_frame).tolist()
+    networks = {"coarse": ShiftedChannelNet(BlobHeatmapNet(6, scale), channel=2, shift=3),
+                "fine": BlobHeatmapNet(6, scale)}
+    detection = Predictor(networks, stages, device="cpu").predict(volume)
+    assert np.linalg.norm(detection.coarse_positions[2] - truth[2]) > 12
+    errors = voxel_errors(volume, detection.landmarks.positions, truth)
+    if aligned:
+        assert errors.max() < 0.5, errors
+    else:
+        assert errors[2] > 5 and np.delete(errors, 2).max() < 0.5, errors

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.errors import CheckpointError
+from H3DELandmarksLib.inference import Predictor
 from H3DELandmarksLib.model.decoding import decode_heatmaps, decode_proposals
 from H3DELandmarksLib.model.network import H3DENet
 from H3DELandmarksLib.registry import read_package
@@ -237,3 +238,23 @@ def test_resume_continues_bit_exactly(trained, tmp_path, capsys):
     assert all(torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted)
     logged = [row["val_loss"] for row in csv.DictReader(open(output / "training_log.csv"))]
     assert logged == [row["val_loss"] for row in csv.DictReader(open(trained / "training_log.csv"))]
+
+
+def test_a_shape_aligned_fine_stage_ships_the_mean_shape_and_detects(tmp_path):
+    raw = copy.deepcopy(TINY)
+    for stage in raw["stages"]:
+        stage.update(epochs=1, samples_per_epoch=1)
+    raw["stages"][1].update(orientation="shape-aligned", passes=2, augmentation={"rotation_deg": 5})
+    result = train(parse_training_config(raw), tmp_path / "run", threads=2, progress=False)
+    manifest = read_package(result.package).manifest
+    fine = manifest["preprocessing"]["stages"][1]
+    assert (fine["orientation"], fine["passes"]) == ("shape-aligned", 2)
+    shape = np.array(manifest["preprocessing"]["mean_shape"], float)
+    assert shape.shape == (len(manifest["landmarks"]), 3)
+    np.testing.assert_allclose(shape.mean(axis=0), 0.0, atol=1e-3)
+    data = TrainingData(parse_training_config(raw), tmp_path / "run" / "cache")
+    expected = data.mean_shape()
+    np.testing.assert_allclose(shape, expected, atol=1e-4)
+    volume, _ = data.case(data.validation_cases[0])
+    detection = Predictor.from_model(result.package, device="cpu").predict(volume)
+    assert np.all(np.isfinite(detection.landmarks.positions))

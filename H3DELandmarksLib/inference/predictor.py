@@ -4,8 +4,10 @@ Stage 1 (the manifest's "coarse" stage) runs on the whole volume resampled to th
 in overlapping windows when it is larger than the coarse patch, and gives a coarse position per
 landmark. Stage 2 (the "fine" stage) resamples patches at the fine spacing centred on those
 positions, a few landmarks per patch when they fit, and decodes each landmark from its own channel
-in its own patch: the refined position and the confidence. A manifest with a single stage runs it
-in windows over the whole volume. No ground truth is used anywhere. Positions are LPS millimetres;
+in its own patch: the refined position and the confidence; with ``passes`` > 1 it runs again
+centred on its own positions. A shape-aligned fine stage first fits the manifest's mean shape to
+the coarse positions (`data.shape`): its patches take the fitted pose, and coarse outliers start
+from their fitted positions. A manifest with a single stage runs it in windows over the whole volume. No ground truth is used anywhere. Positions are LPS millimetres;
 the network sees (B, 1, X, Y, Z) with X, Y, Z the patch's i, j, k axes.
 """
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from ..data.landmarks import Landmarks
+from ..data.shape import robust_shape_fit
 from ..data.volume import Volume
 from ..errors import DetectionCancelled, H3DEError
 from ..model.config import H3DEConfig
@@ -121,6 +124,8 @@ class Predictor:
         self.intensity = IntensityMap.from_manifest(preprocessing["intensity"])
         self.stages = preprocessing["stages"]
         self.heatmap_peak = float(manifest.get("heatmap_peak", 1.0))
+        self.mean_shape = np.array([[np.nan] * 3 if point is None else point
+                                    for point in preprocessing.get("mean_shape", [])], float).reshape(-1, 3)
         threshold = manifest["confidence_threshold"] if confidence_threshold is None else confidence_threshold
         if not 0.0 <= threshold <= 1.0:
             raise H3DEError(f"The confidence threshold must lie between 0 and 1, not {threshold}.")
@@ -163,7 +168,7 @@ class Predictor:
         if len(self.stages) == 2:
             coarse = self._whole_volume(volume, self.stages[0], reporter, (0.0, COARSE_SHARE), timings)
             coarse_positions = coarse.positions
-            final = self._refine(volume, self.stages[1], coarse.positions, reporter, (COARSE_SHARE, 1.0), timings)
+            final = self._refine(volume, self.stages[1], coarse, reporter, (COARSE_SHARE, 1.0), timings)
         else:
             final = self._whole_volume(volume, self.stages[0], reporter, (0.0, 1.0), timings)
         landmarks = Landmarks(
@@ -200,14 +205,39 @@ class Predictor:
             reporter.report(name, _within(span, (done + len(batch)) / len(windows)))
         return _Peaks(selection.positions, selection.confidence)
 
-    def _refine(self, volume: Volume, stage: dict, positions: np.ndarray, reporter: _Progress,
+    def _refine(self, volume: Volume, stage: dict, coarse: _Peaks, reporter: _Progress,
                 span: tuple[float, float], timings: dict[str, float]) -> _Peaks:
-        """Run `stage` in patches centred on `positions`; each landmark from its own channel."""
+        """Run `stage` in patches centred on the coarse positions, `passes` times, each pass centred
+        on the previous one's positions; each landmark from its own channel.
+
+        A shape-aligned stage turns its patches to the pose of the mean shape fitted to the coarse
+        positions, and starts coarse outliers of that fit at their fitted positions instead."""
+        orientation = stage.get("orientation", self.orientation)
+        centres = coarse.positions
+        if orientation == "shape-aligned":
+            fit = robust_shape_fit(self.mean_shape, coarse.positions, coarse.confidence)
+            direction = fit.rotation
+            fitted = fit.apply(self.mean_shape)
+            keep = fit.inliers | ~np.all(np.isfinite(fitted), axis=1)
+            centres = np.where(keep[:, None], coarse.positions, fitted)
+        else:
+            direction = stage_direction(volume, orientation)
+        passes = int(stage.get("passes", 1))
+        share = (span[1] - span[0]) / passes
+        refined = coarse
+        for number in range(passes):
+            pass_span = (span[0] + number * share, span[0] + (number + 1) * share)
+            refined = self._refine_pass(volume, stage, centres, direction, reporter, pass_span, timings)
+            centres = refined.positions
+        return refined
+
+    def _refine_pass(self, volume: Volume, stage: dict, centres: np.ndarray, direction: np.ndarray,
+                     reporter: _Progress, span: tuple[float, float], timings: dict[str, float]) -> _Peaks:
+        """One pass of `stage` over patches (axes `direction`) grouping landmarks around `centres`."""
         name, size = stage["name"], np.asarray(stage["patch_size"], int)
         spacing = np.asarray(stage["spacing_mm"], float)
-        direction = stage_direction(volume, self.orientation)
-        groups = group_landmarks(positions, direction, spacing, size)
-        refined = _Peaks(np.full_like(positions, np.nan), np.full(len(self.names), np.nan))
+        groups = group_landmarks(centres, direction, spacing, size)
+        refined = _Peaks(np.full_like(centres, np.nan), np.full(len(self.names), np.nan))
         for done, batch in _batches(groups, self.batch_size):
             reporter.check()
             with _timed(timings, f"{name}_preprocessing"):

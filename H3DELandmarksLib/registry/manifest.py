@@ -7,6 +7,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from ..data.shape import MIN_FIT_POINTS
 from ..errors import ModelPackageError
 from ..model.config import H3DEConfig
 from .schema import first_problem, sentence
@@ -83,9 +84,26 @@ def _intensity_problem(manifest: dict) -> tuple[str, str] | None:
 
 
 def _stages_problem(manifest: dict) -> tuple[str, str] | None:
-    names = [stage["name"] for stage in manifest["preprocessing"]["stages"]]
+    preprocessing = manifest["preprocessing"]
+    stages = preprocessing["stages"]
+    names = [stage["name"] for stage in stages]
     if len(names) == 2 and names != ["coarse", "fine"]:
         return "preprocessing.stages", "must list the coarse stage first and the fine stage second"
+    for index, stage in enumerate(stages):
+        where = f"preprocessing.stages[{index}]"
+        if stage.get("orientation") == "shape-aligned" and stage["name"] != "fine":
+            return f"{where}.orientation", "may be shape-aligned only for the fine stage"
+        if "passes" in stage and stage["name"] != "fine":
+            return f"{where}.passes", "applies only to the fine stage"
+    shape = preprocessing.get("mean_shape")
+    if any(stage.get("orientation") == "shape-aligned" for stage in stages) and shape is None:
+        return "preprocessing.mean_shape", "is needed by the shape-aligned stage"
+    if shape is not None:
+        if len(shape) != len(manifest["landmarks"]):
+            return "preprocessing.mean_shape", (f"has {len(shape)} points for {len(manifest['landmarks'])} "
+                                                "landmarks")
+        if sum(point is not None for point in shape) < MIN_FIT_POINTS:
+            return "preprocessing.mean_shape", f"needs at least {MIN_FIT_POINTS} points"
     return None
 
 

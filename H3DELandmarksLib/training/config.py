@@ -10,7 +10,8 @@ Sections (unknown keys are errors naming the key):
 - ``preprocessing``: ``orientation`` ("canonical" or "native") and ``intensity`` (clip_min,
   clip_max, scale_min, scale_max), exactly as the manifest will state them.
 - ``augmentation``: `AugmentationSettings` fields; a stage may override some of them.
-- ``stages``: one or two of ``coarse`` then ``fine``, see `StageConfig`.
+- ``stages``: one or two of ``coarse`` then ``fine``, see `StageConfig`; a shape-aligned fine
+  stage puts the mean shape of the training landmarks into the manifest.
 - ``data``: ``layout`` ("generic", "mmld" or "phantom"), ``root`` (or ``--data``), ``validation``
   (``fraction``, ``cases``, ``only_where``), ``absent`` ({case: [landmark, ...]} treated as
   absent), ``phantom`` (`PhantomDataset` fields, ``train_seeds`` and ``validation_seeds`` as
@@ -28,6 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..data.augmentation import AugmentationSettings
+from ..data.shape import MIN_FIT_POINTS
 from ..errors import H3DEError, ModelPackageError
 from ..model.config import H3DEConfig, default_config, reference_config
 from ..registry.manifest import validate_manifest
@@ -66,6 +68,10 @@ class StageConfig:
             group of coarse positions kept in its middle half, plus the coarse error).
         validation_landmarks: fine stage: landmarks per validation case (0: all).
         augmentation: overrides of the model's augmentation settings for this stage.
+        orientation: the stage's patch axes when not the model's orientation; "shape-aligned"
+            (fine stage): the axes of the training landmarks' mean shape fitted to each case.
+        passes: fine stage: patches run this many times at inference, each pass centred on the
+            previous pass's positions.
     """
 
     name: str
@@ -87,6 +93,17 @@ class StageConfig:
     centre_jitter: float = 0.3
     validation_landmarks: int = 0
     augmentation: dict | None = None
+    orientation: str | None = None
+    passes: int = 1
+
+    def manifest_entry(self) -> dict:
+        """The stage as the manifest's ``preprocessing.stages`` lists it."""
+        entry = {"name": self.name, "spacing_mm": list(self.spacing_mm), "patch_size": list(self.patch_size)}
+        if self.orientation is not None:
+            entry["orientation"] = self.orientation
+        if self.passes != 1:
+            entry["passes"] = self.passes
+        return entry
 
     @property
     def heatmap_target(self) -> HeatmapTarget | None:
@@ -125,6 +142,11 @@ class TrainingConfig:
         merged = {**self.augmentation, **(stage.augmentation or {})}
         return AugmentationSettings(**{key: tuple(value) if isinstance(value, list) else value
                                        for key, value in merged.items()})
+
+    @property
+    def shape_aligned(self) -> bool:
+        """Whether a stage needs the mean shape of the training landmarks."""
+        return any(stage.orientation == "shape-aligned" for stage in self.stages)
 
     @property
     def heatmap_peak(self) -> float | None:
@@ -240,7 +262,7 @@ def _check_consistency(config: TrainingConfig, source: str) -> None:
     if names not in (["coarse"], ["fine"], ["coarse", "fine"]):
         raise TrainingConfigError(f"{source}: stages must be a coarse stage, a fine stage, or coarse then fine.")
     try:
-        network = config.network_config(1)
+        network = config.network_config(MIN_FIT_POINTS)
         for stage in config.stages:
             config.stage_augmentation(stage)
     except (TypeError, ValueError, ModelPackageError) as error:
@@ -261,13 +283,14 @@ def _check_consistency(config: TrainingConfig, source: str) -> None:
         "schema_version": 1, "id": config.model["id"], "version": config.model["version"],
         "title": config.model["title"], "description": config.model["description"],
         "modality": config.model["modality"], "architecture": network.to_dict(),
-        "landmarks": [{"name": "probe"}], "preprocessing": {**config.preprocessing, "stages": [
-            {"name": stage.name, "spacing_mm": list(stage.spacing_mm), "patch_size": list(stage.patch_size)}
-            for stage in config.stages]},
+        "landmarks": [{"name": f"probe {number}"} for number in range(MIN_FIT_POINTS)],
+        "preprocessing": {**config.preprocessing, "stages": [stage.manifest_entry() for stage in config.stages]},
         "confidence_threshold": config.model["confidence_threshold"],
         "training": {"provenance": {}, "data": {}, "recipe": {}, "command": "", "metrics": {}},
         "license": config.model["license"], "created": "2000-01-01T00:00:00Z",
     }
+    if config.shape_aligned:
+        probe["preprocessing"]["mean_shape"] = [[0.0, 0.0, 0.0]] * MIN_FIT_POINTS
     try:
         validate_manifest(probe, source=f"{source} (as a manifest)")
     except ModelPackageError as error:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from ..data.datasets import (
     CaseSource,
     GenericDataset,
@@ -14,6 +16,7 @@ from ..data.datasets import (
     split_cases,
 )
 from ..data.landmarks import Landmarks
+from ..data.shape import mean_shape
 from ..data.volume import Volume
 from .cache import CaseCache
 from .config import TrainingConfig, TrainingConfigError
@@ -57,6 +60,14 @@ class TrainingData:
         volume, landmarks = self.cache.get(case)
         landmarks = match_landmarks(landmarks, self.names, case)
         return volume, mark_absent(landmarks, self.absent.get(case, []), case)
+
+    def mean_shape(self) -> np.ndarray:
+        """(L, 3) generalised Procrustes mean of the training cases' present landmarks."""
+        shapes = []
+        for case in self.train_cases:
+            landmarks = self.case(case)[1]
+            shapes.append(np.where(landmarks.present[:, None], landmarks.positions, np.nan))
+        return mean_shape(shapes)
 
     def provenance(self) -> dict:
         """JSON-ready description of the data: source, split, fingerprints."""

@@ -9,6 +9,7 @@ import os
 import platform
 from datetime import datetime, timezone
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -19,8 +20,9 @@ from .config import TrainingConfig
 
 
 def build_manifest(config: TrainingConfig, names: list[str], descriptions: list[str], metrics: dict,
-                   data: dict, command: object, provenance: dict) -> dict:
-    """The manifest of a trained model (validated when the package is written)."""
+                   data: dict, command: object, provenance: dict, mean_shape: np.ndarray | None = None) -> dict:
+    """The manifest of a trained model (validated when the package is written); `mean_shape` (L, 3)
+    for a model with a shape-aligned stage."""
     model = config.model
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -35,8 +37,7 @@ def build_manifest(config: TrainingConfig, names: list[str], descriptions: list[
         "preprocessing": {
             "orientation": config.preprocessing["orientation"],
             "intensity": dict(config.preprocessing["intensity"]),
-            "stages": [{"name": stage.name, "spacing_mm": list(stage.spacing_mm), "patch_size": list(stage.patch_size)}
-                       for stage in config.stages],
+            "stages": [stage.manifest_entry() for stage in config.stages],
         },
         "confidence_threshold": model["confidence_threshold"],
         "training": {
@@ -58,6 +59,9 @@ def build_manifest(config: TrainingConfig, names: list[str], descriptions: list[
     }
     if config.heatmap_peak is not None:
         manifest["heatmap_peak"] = config.heatmap_peak
+    if mean_shape is not None:
+        manifest["preprocessing"]["mean_shape"] = [None if not np.all(np.isfinite(point)) else
+                                                   [round(float(value), 4) for value in point] for point in mean_shape]
     return manifest
 
 

@@ -30,6 +30,7 @@ from ..data.augmentation import (
     sample_patch,
 )
 from ..data.landmarks import Landmarks
+from ..data.shape import similarity_fit
 from ..data.volume import Volume
 from ..inference.preprocessing import IntensityMap, stage_direction, stage_grid
 from .config import StageConfig
@@ -64,18 +65,24 @@ class StageSampler:
         orientation: the manifest's orientation ("canonical" or "native").
         intensity: the manifest's intensity mapping.
         augmentation: random changes of training patches.
+        mean_shape: (L, 3) mean landmark shape, for a shape-aligned stage: its patches take the
+            pose of the mean shape fitted to the case's own landmarks (the predictor fits it to
+            the coarse positions), before any augmentation.
     """
 
     def __init__(self, stage: StageConfig, orientation: str, intensity: IntensityMap,
-                 augmentation: AugmentationSettings) -> None:
+                 augmentation: AugmentationSettings, mean_shape: np.ndarray | None = None) -> None:
         self.stage = stage
-        self.orientation = orientation
+        self.orientation = stage.orientation or orientation
         self.intensity = intensity
         self.augmentation = augmentation
+        if self.orientation == "shape-aligned" and mean_shape is None:
+            raise ValueError("a shape-aligned stage needs the mean shape")
+        self.mean_shape = mean_shape
 
     def training_sample(self, volume: Volume, landmarks: Landmarks, rng: np.random.Generator) -> Sample:
         """A randomly placed, augmented patch of the case."""
-        grid = self._grid(volume)
+        grid = self._grid(volume, landmarks)
         if self.stage.name == "fine":
             focus = int(rng.choice(np.flatnonzero(landmarks.present)))
             transform = random_transform(rng, self.augmentation, landmarks.positions[focus])
@@ -92,7 +99,7 @@ class StageSampler:
     def validation_samples(self, volume: Volume, landmarks: Landmarks, seed: int) -> list[Sample]:
         """Fixed patches of the case: the centred one (coarse), or one per landmark centred
         near it with a jitter drawn from `seed` (fine; the first `validation_landmarks`)."""
-        grid = self._grid(volume)
+        grid = self._grid(volume, landmarks)
         if self.stage.name != "fine":
             return [self._sample(volume, landmarks, PatchTransform.identity(self._volume_centre(volume)), grid, None)]
         focuses = np.flatnonzero(landmarks.present)
@@ -106,8 +113,13 @@ class StageSampler:
             samples.append(self._sample(volume, landmarks, transform, grid, int(focus)))
         return samples
 
-    def _grid(self, volume: Volume) -> PatchGrid:
-        return PatchGrid(self.stage.patch_size, self.stage.spacing_mm, stage_direction(volume, self.orientation))
+    def _grid(self, volume: Volume, landmarks: Landmarks) -> PatchGrid:
+        if self.orientation == "shape-aligned":
+            direction = similarity_fit(self.mean_shape, np.where(landmarks.present[:, None], landmarks.positions,
+                                                                 np.nan)).rotation
+        else:
+            direction = stage_direction(volume, self.orientation)
+        return PatchGrid(self.stage.patch_size, self.stage.spacing_mm, direction)
 
     def _jitter(self, rng: np.random.Generator, grid: PatchGrid) -> np.ndarray:
         """Offset (mm along the patch axes) of the patch centre from the landmark."""
