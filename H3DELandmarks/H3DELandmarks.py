@@ -43,6 +43,7 @@ TORCH_REQUIREMENT = "torch>=2.1"
 # (requirement, import name) of the other packages H3DELandmarksLib needs.
 REQUIREMENTS = (
     ("numpy>=1.24", "numpy"),
+    ("scipy>=1.9", "scipy"),
     ("SimpleITK>=2.3", "SimpleITK"),
     ("requests>=2.28", "requests"),
     ("safetensors>=0.4", "safetensors"),
