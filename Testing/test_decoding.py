@@ -40,6 +40,19 @@ def test_low_peak_gives_low_confidence():
     assert abs(confidence.item() - 0.2) < 1e-5
 
 
+def test_peak_weights_choose_the_peak_but_not_its_position_or_confidence():
+    true, look_alike = [8.3, 10.6, 9.2], [22.0, 10.0, 9.0]
+    alone = gaussian_heatmaps([true], (32, 20, 20), [2.0], peak=0.7)
+    maps = alone + gaussian_heatmaps([look_alike], (32, 20, 20), [2.0], peak=0.9)
+    coords, confidence = decode_heatmaps(maps)
+    assert np.linalg.norm(coords.numpy()[0] - look_alike) < 0.1
+    axes = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in (32, 20, 20)), indexing="ij")
+    prior = torch.exp(-sum((a - c) ** 2 for a, c in zip(axes, [10.0, 10.0, 10.0])) / (2 * 4.0**2))[None]
+    coords, confidence = decode_heatmaps(maps, peak_weights=prior)
+    assert np.linalg.norm(coords.numpy()[0] - true) < 0.1
+    assert abs(confidence.item() - decode_heatmaps(alone)[1].item()) < 1e-3
+
+
 def test_proposal_decoding_returns_the_medoid_of_top_proposals():
     grid, radii = (8, 8, 4), (0.5, 0.75, 1.0, 1.25)
     proposals = torch.full((*grid, len(radii), 3 + 2), -10.0)

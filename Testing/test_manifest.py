@@ -185,7 +185,7 @@ def test_unpack_rejects_foreign_archives_and_leaves_nothing(tmp_path):
 def shape_aligned_manifest(**fine_fields) -> dict:
     """A valid four-landmark manifest whose fine stage is shape-aligned and runs twice."""
     fine = {"name": "fine", "spacing_mm": [1.0, 1.0, 1.0], "patch_size": [32, 32, 32],
-            "orientation": "shape-aligned", "passes": 2, **fine_fields}
+            "orientation": "shape-aligned", "passes": 2, "shape_prior_mm": 1.5, **fine_fields}
     manifest = blob_manifest(4, "canonical", [{"name": "coarse", "spacing_mm": [2.0] * 3, "patch_size": [32] * 3}, fine])
     manifest["preprocessing"]["mean_shape"] = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 6.0]]
     return manifest
@@ -199,6 +199,7 @@ def test_shape_aligned_stage_needs_a_mean_shape_of_every_landmark():
         "few": "manifest.json: preprocessing.mean_shape needs at least 4 points.",
         "coarse": "manifest.json: preprocessing.stages[0].orientation may be shape-aligned only for the fine stage.",
         "passes": "manifest.json: preprocessing.stages[0].passes applies only to the fine stage.",
+        "prior": "manifest.json: preprocessing.stages[0].shape_prior_mm applies only to a shape-aligned stage.",
     }
     manifests = {name: shape_aligned_manifest() for name in problems}
     del manifests["needs"]["preprocessing"]["mean_shape"]
@@ -206,6 +207,7 @@ def test_shape_aligned_stage_needs_a_mean_shape_of_every_landmark():
     manifests["few"]["preprocessing"]["mean_shape"][0] = None
     manifests["coarse"]["preprocessing"]["stages"][0]["orientation"] = "shape-aligned"
     manifests["passes"]["preprocessing"]["stages"][0]["passes"] = 2
+    manifests["prior"]["preprocessing"]["stages"][0]["shape_prior_mm"] = 2.0
     for name, message in problems.items():
         with pytest.raises(ModelPackageError) as raised:
             validate_manifest(manifests[name])

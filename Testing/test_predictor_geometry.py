@@ -158,3 +158,38 @@ def test_shape_aligned_fine_stage_restarts_a_coarse_outlier_from_the_fitted_shap
         assert errors.max() < 0.5, errors
     else:
         assert errors[2] > 5 and np.delete(errors, 2).max() < 0.5, errors
+
+
+class LookAlikeNet(nn.Module):
+    """A heatmap stand-in whose channel `channel` also answers, 1.5 times stronger, `shift` output
+    voxels away along X: a look-alike such as a structure's mirror image."""
+
+    def __init__(self, net: nn.Module, channel: int, shift: int) -> None:
+        super().__init__()
+        self.net, self.channel, self.shift = net, channel, shift
+        self.output_stride = net.output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.net(x).clone()
+        output[:, self.channel] += 1.5 * torch.roll(output[:, self.channel], self.shift, dims=1)
+        return output
+
+
+@pytest.mark.parametrize("prior_mm", [None, 2.0])
+def test_shape_prior_picks_the_peak_where_the_shape_expects_it(prior_mm):
+    truth = CENTRE_LPS + SIX_OFFSETS
+    volume = blob_volume(DIRECTIONS["permuted"], truth)
+    scale = 1 / (LEVEL_STEP * 7)
+    fine = {"name": "fine", "spacing_mm": [1.0, 1.0, 1.0], "patch_size": [24, 24, 24],
+            "orientation": "shape-aligned", "passes": 2}
+    if prior_mm is not None:
+        fine["shape_prior_mm"] = prior_mm
+    stages = manifest(6, "canonical", [COARSE, fine])
+    stages["preprocessing"]["mean_shape"] = ((truth - truth.mean(0)) @ rotation([0.0, 1.0, 1.0], 40.0)).tolist()
+    networks = {"coarse": BlobHeatmapNet(6, scale), "fine": LookAlikeNet(BlobHeatmapNet(6, scale), channel=4, shift=5)}
+    detection = Predictor(networks, stages, device="cpu").predict(volume)
+    errors = np.linalg.norm(detection.landmarks.positions - truth, axis=1)
+    if prior_mm is None:
+        assert 9.0 < errors[4] < 11.0 and np.delete(errors, 4).max() < 0.5, errors
+    else:
+        assert errors.max() < 0.5, errors

@@ -258,3 +258,12 @@ def test_a_shape_aligned_fine_stage_ships_the_mean_shape_and_detects(tmp_path):
     volume, _ = data.case(data.validation_cases[0])
     detection = Predictor.from_model(result.package, device="cpu").predict(volume)
     assert np.all(np.isfinite(detection.landmarks.positions))
+    weights = load_file(result.package / "model.safetensors")
+    raw["stages"][1].update(passes=3, shape_prior_mm=1.5)
+    changed = parse_training_config(raw)
+    assert changed.sha256 == parse_training_config({**raw, "stages": [raw["stages"][0], {
+        key: value for key, value in raw["stages"][1].items() if key not in ("passes", "shape_prior_mm")}]}).sha256
+    again = train(changed, tmp_path / "run", resume=True, threads=2, progress=False)
+    fine = read_package(again.package).manifest["preprocessing"]["stages"][1]
+    assert (fine["passes"], fine["shape_prior_mm"]) == (3, 1.5)
+    assert all(torch.equal(weights[key], tensor) for key, tensor in load_file(again.package / "model.safetensors").items())

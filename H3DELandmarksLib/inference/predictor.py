@@ -5,9 +5,11 @@ in overlapping windows when it is larger than the coarse patch, and gives a coar
 landmark. Stage 2 (the "fine" stage) resamples patches at the fine spacing centred on those
 positions, a few landmarks per patch when they fit, and decodes each landmark from its own channel
 in its own patch: the refined position and the confidence; with ``passes`` > 1 it runs again
-centred on its own positions. A shape-aligned fine stage first fits the manifest's mean shape to
-the coarse positions (`data.shape`): its patches take the fitted pose, and coarse outliers start
-from their fitted positions. A manifest with a single stage runs it in windows over the whole volume. No ground truth is used anywhere. Positions are LPS millimetres;
+centred on its own positions. A shape-aligned fine stage fits the manifest's mean shape to the
+positions found so far (`data.shape`) before each pass: its patches take the fitted pose, the
+outliers of the fit start from their fitted positions, and with ``shape_prior_mm`` each landmark's
+peak is chosen under a Gaussian prior around its fitted position (look-alikes such as a
+structure's mirror image lose against the peak where the skull's shape expects the landmark). A manifest with a single stage runs it in windows over the whole volume. No ground truth is used anywhere. Positions are LPS millimetres;
 the network sees (B, 1, X, Y, Z) with X, Y, Z the patch's i, j, k axes.
 """
 
@@ -208,34 +210,42 @@ class Predictor:
     def _refine(self, volume: Volume, stage: dict, coarse: _Peaks, reporter: _Progress,
                 span: tuple[float, float], timings: dict[str, float]) -> _Peaks:
         """Run `stage` in patches centred on the coarse positions, `passes` times, each pass centred
-        on the previous one's positions; each landmark from its own channel.
-
-        A shape-aligned stage turns its patches to the pose of the mean shape fitted to the coarse
-        positions, and starts coarse outliers of that fit at their fitted positions instead."""
+        on the previous one's positions; each landmark from its own channel."""
         orientation = stage.get("orientation", self.orientation)
-        centres = coarse.positions
-        if orientation == "shape-aligned":
-            fit = robust_shape_fit(self.mean_shape, coarse.positions, coarse.confidence)
-            direction = fit.rotation
-            fitted = fit.apply(self.mean_shape)
-            keep = fit.inliers | ~np.all(np.isfinite(fitted), axis=1)
-            centres = np.where(keep[:, None], coarse.positions, fitted)
-        else:
-            direction = stage_direction(volume, orientation)
+        direction = None if orientation == "shape-aligned" else stage_direction(volume, orientation)
         passes = int(stage.get("passes", 1))
         share = (span[1] - span[0]) / passes
-        refined = coarse
+        found, expected = coarse, None
         for number in range(passes):
             pass_span = (span[0] + number * share, span[0] + (number + 1) * share)
-            refined = self._refine_pass(volume, stage, centres, direction, reporter, pass_span, timings)
-            centres = refined.positions
-        return refined
+            if orientation == "shape-aligned":
+                centres, direction, expected = self._shape_aligned_start(found)
+            else:
+                centres = found.positions
+            found = self._refine_pass(volume, stage, centres, direction, expected, reporter, pass_span, timings)
+        return found
+
+    def _shape_aligned_start(self, found: _Peaks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patch centres, axes and expected positions of a shape-aligned pass.
+
+        The mean shape is fitted to the positions found so far (weighted by confidence, outliers
+        dropped); the patches take its pose, outliers restart from their fitted positions, and the
+        fitted positions are where each landmark is expected (a landmark caught by a look-alike,
+        such as its mirror image, gets another chance)."""
+        fit = robust_shape_fit(self.mean_shape, found.positions, found.confidence)
+        fitted = fit.apply(self.mean_shape)
+        keep = fit.inliers | ~np.all(np.isfinite(fitted), axis=1)
+        return np.where(keep[:, None], found.positions, fitted), fit.rotation, fitted
 
     def _refine_pass(self, volume: Volume, stage: dict, centres: np.ndarray, direction: np.ndarray,
-                     reporter: _Progress, span: tuple[float, float], timings: dict[str, float]) -> _Peaks:
-        """One pass of `stage` over patches (axes `direction`) grouping landmarks around `centres`."""
+                     expected: np.ndarray | None, reporter: _Progress, span: tuple[float, float],
+                     timings: dict[str, float]) -> _Peaks:
+        """One pass of `stage` over patches (axes `direction`) grouping landmarks around `centres`;
+        with the stage's ``shape_prior_mm`` each landmark's peak is chosen under a Gaussian prior
+        of that width around its `expected` position."""
         name, size = stage["name"], np.asarray(stage["patch_size"], int)
         spacing = np.asarray(stage["spacing_mm"], float)
+        prior_mm = stage.get("shape_prior_mm") if expected is not None else None
         groups = group_landmarks(centres, direction, spacing, size)
         refined = _Peaks(np.full_like(centres, np.nan), np.full(len(self.names), np.nan))
         for done, batch in _batches(groups, self.batch_size):
@@ -246,11 +256,29 @@ class Predictor:
             outputs = self._forward(patches, timings, name)
             with _timed(timings, f"{name}_decoding"):
                 for group, patch, output in zip(batch, patches, outputs):
-                    coordinates, confidence, _ = self._decode(output, group.landmarks, name)
+                    weights = None if prior_mm is None else self._prior_weights(
+                        patch, output.shape[1:4], expected[group.landmarks], float(prior_mm), name)
+                    coordinates, confidence, _ = self._decode(output, group.landmarks, name, weights)
                     refined.positions[group.landmarks] = patch.index_to_physical(coordinates)
                     refined.confidence[group.landmarks] = confidence
             reporter.report(name, _within(span, (done + len(batch)) / len(groups)))
         return refined
+
+    def _prior_weights(self, patch: Volume, grid: Sequence[int], expected: np.ndarray, sigma_mm: float,
+                       stage_name: str) -> torch.Tensor:
+        """(n, X, Y, Z) Gaussian weights on the output grid around `expected` LPS positions
+        (uniform where a position is unknown)."""
+        stride = self.nets[stage_name].output_stride
+        spacing = np.asarray(patch.spacing, float)
+        centres = patch.physical_to_index(expected)
+        squared = np.zeros((len(expected), *grid))
+        for axis, size in enumerate(grid):
+            shape = [len(expected), 1, 1, 1]
+            shape[axis + 1] = size
+            offsets = (stride * np.arange(size)[None, :] - centres[:, axis, None]) * spacing[axis]
+            squared = squared + (offsets ** 2).reshape(shape)
+        weights = np.exp(-np.nan_to_num(squared, nan=0.0) / (2 * sigma_mm ** 2))
+        return torch.from_numpy(weights).to(self.device)
 
     def _forward(self, patches: list[Volume], timings: dict[str, float], stage_name: str) -> torch.Tensor:
         """Network output (float32, on the device) for a batch of patches of equal size."""
@@ -267,10 +295,10 @@ class Predictor:
                 torch.mps.synchronize()
         return output
 
-    def _decode(self, output: torch.Tensor, landmarks: list[int],
-                stage_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _decode(self, output: torch.Tensor, landmarks: list[int], stage_name: str,
+                peak_weights: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coordinates (n, 3) in patch voxels (i, j, k), confidences and comparable scores of
-        `landmarks` from one patch's output."""
+        `landmarks` from one patch's output (heatmap peaks chosen under `peak_weights`)."""
         stride = self.nets[stage_name].output_stride
         with torch.inference_mode():
             if self.config.head == "proposals":
@@ -280,7 +308,7 @@ class Predictor:
                 coordinates, confidence, score = coordinates[landmarks], confidence[landmarks], score[landmarks]
             else:
                 maps = output[landmarks]
-                coordinates, confidence = decode_heatmaps(maps, stride, self.heatmap_peak)
+                coordinates, confidence = decode_heatmaps(maps, stride, self.heatmap_peak, peak_weights)
                 score = maps.reshape(len(landmarks), -1).amax(1)
         return (coordinates.cpu().double().numpy(), confidence.cpu().double().numpy(),
                 score.cpu().double().numpy())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 PROPOSAL_TOPK = 15
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, stride: int = 1, peak_value: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_heatmaps(heatmaps: torch.Tensor, stride: int = 1, peak_value: float = 1.0,
+                    peak_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-voxel peak of each heatmap.
 
     The peak is the arg-max refined per axis by a parabola through the logarithm of the three
@@ -18,13 +20,20 @@ def decode_heatmaps(heatmaps: torch.Tensor, stride: int = 1, peak_value: float =
         stride: output stride; map voxel o corresponds to input voxel stride * o.
         peak_value: value the training target takes at a landmark; confidence = peak / peak_value,
             clipped to [0, 1].
+        peak_weights: (L, X, Y, Z) non-negative prior weights: the peak is the local maximum of
+            the heatmap reached by climbing from the arg-max of its positive part times the
+            weight; its position and confidence come from the heatmap alone.
     Returns:
         coordinates (L, 3) in input voxels and confidences (L,).
     """
     heatmaps = heatmaps.float()
     n, *grid = heatmaps.shape
     flat = heatmaps.reshape(n, -1)
-    peak, index = flat.max(1)
+    if peak_weights is None:
+        peak, index = flat.max(1)
+    else:
+        index = _climb_to_local_maximum(heatmaps, (flat.clamp(min=0) * peak_weights.reshape(n, -1).to(flat)).argmax(1))
+        peak = flat.gather(1, index[:, None])[:, 0]
     centre = torch.stack(torch.unravel_index(index, grid), dim=1)
     offsets = []
     rows = torch.arange(n, device=heatmaps.device)
@@ -39,6 +48,20 @@ def decode_heatmaps(heatmaps: torch.Tensor, stride: int = 1, peak_value: float =
     coordinates = (centre.float() + torch.stack(offsets, dim=1)) * stride
     confidence = (peak / peak_value).clamp(0.0, 1.0)
     return coordinates, confidence
+
+
+def _climb_to_local_maximum(heatmaps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Flat voxel indices (L,) moved uphill, one 26-neighbourhood step at a time, from `index` to a
+    local maximum of each (L, X, Y, Z) heatmap."""
+    n = heatmaps.shape[0]
+    _, uphill = F.max_pool3d(heatmaps[:, None], 3, stride=1, padding=1, return_indices=True)
+    uphill = uphill.reshape(n, -1)
+    for _ in range(sum(heatmaps.shape[1:])):
+        step = uphill.gather(1, index[:, None])[:, 0]
+        if torch.equal(step, index):
+            break
+        index = step
+    return index
 
 
 def parabola_vertex(left: torch.Tensor, middle: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

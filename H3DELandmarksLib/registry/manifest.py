@@ -95,6 +95,8 @@ def _stages_problem(manifest: dict) -> tuple[str, str] | None:
             return f"{where}.orientation", "may be shape-aligned only for the fine stage"
         if "passes" in stage and stage["name"] != "fine":
             return f"{where}.passes", "applies only to the fine stage"
+        if "shape_prior_mm" in stage and stage.get("orientation") != "shape-aligned":
+            return f"{where}.shape_prior_mm", "applies only to a shape-aligned stage"
     shape = preprocessing.get("mean_shape")
     if any(stage.get("orientation") == "shape-aligned" for stage in stages) and shape is None:
         return "preprocessing.mean_shape", "is needed by the shape-aligned stage"

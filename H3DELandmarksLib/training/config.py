@@ -40,6 +40,7 @@ LAYOUTS = ("generic", "mmld", "phantom")
 BASES = {"default": default_config, "reference": reference_config}
 FROM_DATA = "from data"
 NETWORK_DEPTH_STRIDE = 32
+INFERENCE_ONLY_STAGE_KEYS = ("passes", "shape_prior_mm")
 
 
 class TrainingConfigError(H3DEError):
@@ -72,6 +73,12 @@ class StageConfig:
             (fine stage): the axes of the training landmarks' mean shape fitted to each case.
         passes: fine stage: patches run this many times at inference, each pass centred on the
             previous pass's positions.
+        shape_prior_mm: shape-aligned stage: width of the Gaussian prior around each landmark's
+            fitted position under which the predictor chooses its peak.
+
+    `passes` and `shape_prior_mm` only tell the predictor how to run the stage: they go into the
+    manifest but leave training alone, so they are not part of the configuration's digest (a
+    finished run resumed with new values writes its package again with them).
     """
 
     name: str
@@ -95,6 +102,7 @@ class StageConfig:
     augmentation: dict | None = None
     orientation: str | None = None
     passes: int = 1
+    shape_prior_mm: float | None = None
 
     def manifest_entry(self) -> dict:
         """The stage as the manifest's ``preprocessing.stages`` lists it."""
@@ -103,6 +111,8 @@ class StageConfig:
             entry["orientation"] = self.orientation
         if self.passes != 1:
             entry["passes"] = self.passes
+        if self.shape_prior_mm is not None:
+            entry["shape_prior_mm"] = self.shape_prior_mm
         return entry
 
     @property
@@ -128,8 +138,13 @@ class TrainingConfig:
 
     @property
     def sha256(self) -> str:
-        """Digest of the configuration (a resumed run must use the same one)."""
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
+        """Digest of the configuration without its inference-only stage settings (a resumed run
+        must use the same one)."""
+        training = copy.deepcopy(self.raw)
+        for stage in training.get("stages", []):
+            for key in INFERENCE_ONLY_STAGE_KEYS:
+                stage.pop(key, None)
+        return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()
 
     def network_config(self, n_landmarks: int) -> H3DEConfig:
         """The architecture of every stage's network."""

@@ -10,6 +10,9 @@ weights from (seed, stage), so a run resumed from a checkpoint (written after ev
 when `max_minutes` runs out, mid-epoch) continues bit-exactly on the same device and thread
 count as if it had never stopped (on a GPU, up to its non-deterministic kernels).
 
+Resuming a finished run writes its package again, from the same weights, with the inference-only
+stage settings of the configuration it is given (see `StageConfig`).
+
 Files in the output folder: ``checkpoint.pt``, ``training_log.csv`` (epoch, stage, train_loss,
 val_loss, val_mre_mm, lr, seconds), ``cache/`` (the cases), ``package/`` (the model package).
 """
@@ -111,13 +114,13 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
         if not trainer.run(deadline):
             return TrainingResult(False, output, None, state["metrics"])
     package = output / PACKAGE_DIR
-    if not package.exists():
+    if resume or not package.exists():
         manifest = build_manifest(
             config, data.names, data.descriptions, state["metrics"], data.provenance(), command,
             {"device": str(torch_device), "seconds": round(state["elapsed_s"], 1), "seed": config.seed},
             data.mean_shape() if config.shape_aligned else None,
         )
-        write_trained_package(package, manifest, state["best"])
+        write_trained_package(package, manifest, state["best"], overwrite=True)
     return TrainingResult(True, output, package, state["metrics"])
 
 
