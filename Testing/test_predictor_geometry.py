@@ -121,16 +121,22 @@ def test_a_missing_ball_is_reported_absent_with_a_best_guess():
 
 
 class ShiftedChannelNet(nn.Module):
-    """A heatmap stand-in whose channel `channel` answers `shift` output voxels away along X."""
+    """A heatmap stand-in whose channel `channel` answers `shift` output voxels away along X: instead
+    of at its ball (a misplaced peak), or also there, `look_alike_gain` times stronger (a
+    look-alike such as a structure's mirror image)."""
 
-    def __init__(self, net: nn.Module, channel: int, shift: int) -> None:
+    def __init__(self, net: nn.Module, channel: int, shift: int, look_alike_gain: float | None = None) -> None:
         super().__init__()
-        self.net, self.channel, self.shift = net, channel, shift
+        self.net, self.channel, self.shift, self.look_alike_gain = net, channel, shift, look_alike_gain
         self.output_stride = net.output_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output = self.net(x).clone()
-        output[:, self.channel] = torch.roll(output[:, self.channel], self.shift, dims=1)
+        shifted = torch.roll(output[:, self.channel], self.shift, dims=1)
+        if self.look_alike_gain is None:
+            output[:, self.channel] = shifted
+        else:
+            output[:, self.channel] += self.look_alike_gain * shifted
         return output
 
 
@@ -160,21 +166,6 @@ def test_shape_aligned_fine_stage_restarts_a_coarse_outlier_from_the_fitted_shap
         assert errors[2] > 5 and np.delete(errors, 2).max() < 0.5, errors
 
 
-class LookAlikeNet(nn.Module):
-    """A heatmap stand-in whose channel `channel` also answers, 1.5 times stronger, `shift` output
-    voxels away along X: a look-alike such as a structure's mirror image."""
-
-    def __init__(self, net: nn.Module, channel: int, shift: int) -> None:
-        super().__init__()
-        self.net, self.channel, self.shift = net, channel, shift
-        self.output_stride = net.output_stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = self.net(x).clone()
-        output[:, self.channel] += 1.5 * torch.roll(output[:, self.channel], self.shift, dims=1)
-        return output
-
-
 @pytest.mark.parametrize("prior_mm", [None, 2.0])
 def test_shape_prior_picks_the_peak_where_the_shape_expects_it(prior_mm):
     truth = CENTRE_LPS + SIX_OFFSETS
@@ -186,7 +177,8 @@ def test_shape_prior_picks_the_peak_where_the_shape_expects_it(prior_mm):
         fine["shape_prior_mm"] = prior_mm
     stages = manifest(6, "canonical", [COARSE, fine])
     stages["preprocessing"]["mean_shape"] = ((truth - truth.mean(0)) @ rotation([0.0, 1.0, 1.0], 40.0)).tolist()
-    networks = {"coarse": BlobHeatmapNet(6, scale), "fine": LookAlikeNet(BlobHeatmapNet(6, scale), channel=4, shift=5)}
+    look_alike = ShiftedChannelNet(BlobHeatmapNet(6, scale), channel=4, shift=5, look_alike_gain=1.5)
+    networks = {"coarse": BlobHeatmapNet(6, scale), "fine": look_alike}
     detection = Predictor(networks, stages, device="cpu").predict(volume)
     errors = np.linalg.norm(detection.landmarks.positions - truth, axis=1)
     if prior_mm is None:
