@@ -6,13 +6,13 @@ directory relative to the registry file's folder, or null when the model is only
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelPackageError
+from ..json_document import read_json_document
 from .schema import first_problem
 
 REGISTRY_ENV = "H3DE_REGISTRY"
@@ -98,14 +98,8 @@ class Registry:
 def load_registry(path: str | os.PathLike | None = None) -> Registry:
     """Read and validate the registry file (default: `default_registry_path()`)."""
     path = Path(path) if path is not None else default_registry_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelPackageError(
-            f"The model registry {path} does not exist; set {REGISTRY_ENV} to a models.json."
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelPackageError(f"The model registry {path} is not valid JSON ({error}).") from None
+    data = read_json_document(path, ModelPackageError, "The model registry",
+                              missing_hint=f"; set {REGISTRY_ENV} to a models.json")
     problem = first_problem(data, REGISTRY_SCHEMA, str(path))
     if problem:
         raise ModelPackageError(problem)

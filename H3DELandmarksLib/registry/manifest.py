@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime
-from pathlib import Path
 
 from ..data.shape import MIN_FIT_POINTS
 from ..errors import ModelPackageError
+from ..json_document import read_json_document
 from ..model.config import H3DEConfig
 from .schema import first_problem, sentence
 
@@ -18,17 +18,7 @@ SCHEMA_VERSION = 1
 
 def read_manifest(path: str | os.PathLike) -> dict:
     """Read and validate a manifest.json file; raises ModelPackageError naming the first problem."""
-    path = Path(path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelPackageError(f"{path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise ModelPackageError(f"{path} is not UTF-8 text.") from None
-    except json.JSONDecodeError as error:
-        raise ModelPackageError(
-            f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})."
-        ) from None
+    manifest = read_json_document(path, ModelPackageError, "Model manifest")
     validate_manifest(manifest, source=str(path))
     return manifest
 

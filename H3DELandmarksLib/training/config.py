@@ -26,11 +26,11 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 from ..data.augmentation import AugmentationSettings
 from ..data.shape import MIN_FIT_POINTS
 from ..errors import H3DEError, ModelPackageError
+from ..json_document import read_json_document
 from ..model.config import H3DEConfig, default_config, reference_config
 from ..registry.manifest import validate_manifest
 from .targets import HeatmapTarget
@@ -171,13 +171,7 @@ class TrainingConfig:
 
 def load_training_config(path: str | os.PathLike) -> TrainingConfig:
     """Read and check a training configuration file; raises TrainingConfigError."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingConfigError(f"Training configuration {path} does not exist.") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TrainingConfigError(f"Training configuration {path} is not valid JSON ({error}).") from None
+    raw = read_json_document(path, TrainingConfigError, "Training configuration")
     return parse_training_config(raw, str(path))
 
 
