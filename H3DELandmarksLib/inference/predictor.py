@@ -33,6 +33,7 @@ from ..data.volume import Volume
 from ..errors import DetectionCancelled, H3DEError
 from ..model.config import H3DEConfig
 from ..model.decoding import decode_heatmaps, decode_proposals
+from ..model.heatmap_grid import squared_distances
 from ..registry.manifest import validate_manifest
 from .device import precision_context, resolve_device, set_threads
 from .preprocessing import IntensityMap, extract_patch, grid_window_centre, stage_direction, stage_grid
@@ -269,16 +270,10 @@ class Predictor:
         """(n, X, Y, Z) Gaussian weights on the output grid around `expected` LPS positions
         (uniform where a position is unknown)."""
         stride = self.nets[stage_name].output_stride
-        spacing = np.asarray(patch.spacing, float)
-        centres = patch.physical_to_index(expected)
-        squared = np.zeros((len(expected), *grid))
-        for axis, size in enumerate(grid):
-            shape = [len(expected), 1, 1, 1]
-            shape[axis + 1] = size
-            offsets = (stride * np.arange(size)[None, :] - centres[:, axis, None]) * spacing[axis]
-            squared = squared + (offsets ** 2).reshape(shape)
-        weights = np.exp(-np.nan_to_num(squared, nan=0.0) / (2 * sigma_mm ** 2))
-        return torch.from_numpy(weights).to(self.device)
+        centres = torch.from_numpy(patch.physical_to_index(expected) / stride)
+        squared = squared_distances(centres, grid, stride * np.asarray(patch.spacing, float))
+        known = torch.from_numpy(np.all(np.isfinite(expected), axis=1)).reshape(-1, 1, 1, 1)
+        return torch.where(known, torch.exp(-squared / (2 * sigma_mm ** 2)), 1.0).to(self.device)
 
     def _forward(self, patches: list[Volume], timings: dict[str, float], stage_name: str) -> torch.Tensor:
         """Network output (float32, on the device) for a batch of patches of equal size."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.heatmap_grid import squared_distances
+
 HEATMAP_KINDS = ("reference", "gaussian")
 
 
@@ -51,12 +53,7 @@ def heatmap_targets(points: torch.Tensor, present: torch.Tensor, grid: tuple[int
         points: (L, 3) landmark positions in input voxels (rows of absent landmarks are ignored).
         present: (L,) bool.
     """
-    centres = torch.nan_to_num(points.float() / stride)
-    squared = sum(
-        (torch.arange(size, dtype=torch.float32) - centres[:, axis, None]).square().reshape(
-            _along(axis, len(points), size))
-        for axis, size in enumerate(grid)
-    )
+    squared = squared_distances(points.float() / stride, grid)
     if target.kind == "reference":
         values = 2.0 * torch.exp(-squared / (0.2 * target.radius**2))
         values = torch.where(squared <= target.radius**2, values, torch.tensor(-1.0))
@@ -112,10 +109,3 @@ def proposal_targets(points: torch.Tensor, present: torch.Tensor, grid: tuple[in
         return ProposalTargets(torch.zeros((0, 3), dtype=torch.long), torch.zeros(0, dtype=torch.long),
                                torch.zeros(0, dtype=torch.long), torch.zeros((0, 3)), absent)
     return ProposalTargets(torch.cat(cells), torch.cat(anchors), torch.cat(landmarks), torch.cat(offsets), absent)
-
-
-def _along(axis: int, count: int, size: int) -> tuple[int, int, int, int]:
-    """Shape (count, ...) that lays `size` values along `axis` of a 3D grid."""
-    shape = [count, 1, 1, 1]
-    shape[axis + 1] = size
-    return tuple(shape)
