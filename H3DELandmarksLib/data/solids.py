@@ -61,8 +61,8 @@ class Ellipsoid:
 
 
 @dataclass(frozen=True)
-class Capsule:
-    """Points within `radius` of the segment a-b (a sphere when a equals b)."""
+class _AroundSegment:
+    """A solid within `radius` of the segment a-b: its bound and the points' place along a-b."""
 
     a: np.ndarray
     b: np.ndarray
@@ -71,12 +71,23 @@ class Capsule:
     def bound(self) -> Box:
         return np.minimum(self.a, self.b) - self.radius, np.maximum(self.a, self.b) + self.radius
 
-    def contains(self, x, y, z):
+    def _along(self, x, y, z):
+        """Length of a-b, its unit direction (zero when a equals b), the points' offsets from a and
+        their coordinate along a-b."""
         axis = self.b - self.a
         length = float(np.linalg.norm(axis))
         u = axis / length if length > 0 else axis
         dx, dy, dz = x - self.a[0], y - self.a[1], z - self.a[2]
-        t = np.clip(dx * u[0] + dy * u[1] + dz * u[2], 0.0, length)
+        return length, u, (dx, dy, dz), dx * u[0] + dy * u[1] + dz * u[2]
+
+
+@dataclass(frozen=True)
+class Capsule(_AroundSegment):
+    """Points within `radius` of the segment a-b (a sphere when a equals b)."""
+
+    def contains(self, x, y, z):
+        length, u, (dx, dy, dz), along = self._along(x, y, z)
+        t = np.clip(along, 0.0, length)
         return (dx - t * u[0]) ** 2 + (dy - t * u[1]) ** 2 + (dz - t * u[2]) ** 2 < self.radius**2
 
     def surface_points(self) -> np.ndarray:
@@ -91,22 +102,11 @@ def sphere(centre: np.ndarray, radius: float) -> Capsule:
 
 
 @dataclass(frozen=True)
-class Cylinder:
-    """Flat-ended cylinder of `radius` around the segment a-b."""
-
-    a: np.ndarray
-    b: np.ndarray
-    radius: float
-
-    def bound(self) -> Box:
-        return np.minimum(self.a, self.b) - self.radius, np.maximum(self.a, self.b) + self.radius
+class Cylinder(_AroundSegment):
+    """Flat-ended cylinder of `radius` around the segment a-b (a and b distinct)."""
 
     def contains(self, x, y, z):
-        axis = self.b - self.a
-        length = float(np.linalg.norm(axis))
-        u = axis / length
-        dx, dy, dz = x - self.a[0], y - self.a[1], z - self.a[2]
-        t = dx * u[0] + dy * u[1] + dz * u[2]
+        length, _, (dx, dy, dz), t = self._along(x, y, z)
         radial = dx * dx + dy * dy + dz * dz - t * t
         return (t >= 0.0) & (t <= length) & (radial < self.radius**2)
 
