@@ -253,7 +253,7 @@ def test_a_shape_aligned_fine_stage_ships_the_mean_shape_and_detects(tmp_path):
     assert shape.shape == (len(manifest["landmarks"]), 3)
     np.testing.assert_allclose(shape.mean(axis=0), 0.0, atol=1e-3)
     data = TrainingData(parse_training_config(raw), tmp_path / "run" / "cache")
-    expected = data.mean_shape()
+    expected = data.mean_shape
     np.testing.assert_allclose(shape, expected, atol=1e-4)
     volume, _ = data.case(data.validation_cases[0])
     detection = Predictor.from_model(result.package, device="cpu").predict(volume)

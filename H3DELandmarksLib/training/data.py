@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 
 import numpy as np
 
@@ -61,6 +62,7 @@ class TrainingData:
         landmarks = match_landmarks(landmarks, self.names, case)
         return volume, mark_absent(landmarks, self.absent.get(case, []), case)
 
+    @cached_property
     def mean_shape(self) -> np.ndarray:
         """(L, 3) generalised Procrustes mean of the training cases' present landmarks."""
         shapes = []

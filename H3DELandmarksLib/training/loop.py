@@ -118,7 +118,7 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
         manifest = build_manifest(
             config, data.names, data.descriptions, state["metrics"], data.provenance(), command,
             {"device": str(torch_device), "seconds": round(state["elapsed_s"], 1), "seed": config.seed},
-            data.mean_shape() if config.shape_aligned else None,
+            data.mean_shape if config.shape_aligned else None,
         )
         write_trained_package(package, manifest, state["best"], overwrite=True)
     return TrainingResult(True, output, package, state["metrics"])
@@ -188,7 +188,7 @@ class _StageTrainer:
         self.sampler = StageSampler(self.stage, preprocessing["orientation"],
                                     IntensityMap.from_manifest(preprocessing["intensity"]),
                                     config.stage_augmentation(self.stage),
-                                    data.mean_shape() if self.stage.orientation == "shape-aligned" else None)
+                                    data.mean_shape if self.stage.orientation == "shape-aligned" else None)
         self.cases = [case for case in data.train_cases
                       if self.stage.name != "fine" or data.case(case)[1].present.any()]
         per_case = self.stage.patches_per_case if self.stage.name == "fine" else 1
