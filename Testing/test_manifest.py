@@ -200,6 +200,7 @@ def test_shape_aligned_stage_needs_a_mean_shape_of_every_landmark():
         "coarse": "manifest.json: preprocessing.stages[0].orientation may be shape-aligned only for the fine stage.",
         "passes": "manifest.json: preprocessing.stages[0].passes applies only to the fine stage.",
         "prior": "manifest.json: preprocessing.stages[0].shape_prior_mm applies only to a shape-aligned stage.",
+        "head": "manifest.json: preprocessing.stages[1].shape_prior_mm applies only to the heatmap head.",
     }
     manifests = {name: shape_aligned_manifest() for name in problems}
     del manifests["needs"]["preprocessing"]["mean_shape"]
@@ -208,6 +209,7 @@ def test_shape_aligned_stage_needs_a_mean_shape_of_every_landmark():
     manifests["coarse"]["preprocessing"]["stages"][0]["orientation"] = "shape-aligned"
     manifests["passes"]["preprocessing"]["stages"][0]["passes"] = 2
     manifests["prior"]["preprocessing"]["stages"][0]["shape_prior_mm"] = 2.0
+    manifests["head"]["architecture"] = default_config(4, head="proposals").to_dict()
     for name, message in problems.items():
         with pytest.raises(ModelPackageError) as raised:
             validate_manifest(manifests[name])

@@ -9,8 +9,10 @@ centred on its own positions. A shape-aligned fine stage fits the manifest's mea
 positions found so far (`data.shape`) before each pass: its patches take the fitted pose, the
 outliers of the fit start from their fitted positions, and with ``shape_prior_mm`` each landmark's
 peak is chosen under a Gaussian prior around its fitted position (look-alikes such as a
-structure's mirror image lose against the peak where the skull's shape expects the landmark). A manifest with a single stage runs it in windows over the whole volume. No ground truth is used anywhere. Positions are LPS millimetres;
-the network sees (B, 1, X, Y, Z) with X, Y, Z the patch's i, j, k axes.
+structure's mirror image lose against the peak where the skull's shape expects the landmark).
+A manifest with a single stage runs it in windows over the whole volume. No ground truth is used
+anywhere. Positions are LPS millimetres; the network sees (B, 1, X, Y, Z) with X, Y, Z the patch's
+i, j, k axes.
 """
 
 from __future__ import annotations

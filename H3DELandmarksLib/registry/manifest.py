@@ -87,6 +87,8 @@ def _stages_problem(manifest: dict) -> tuple[str, str] | None:
             return f"{where}.passes", "applies only to the fine stage"
         if "shape_prior_mm" in stage and stage.get("orientation") != "shape-aligned":
             return f"{where}.shape_prior_mm", "applies only to a shape-aligned stage"
+        if "shape_prior_mm" in stage and manifest["architecture"].get("head", "heatmap") != "heatmap":
+            return f"{where}.shape_prior_mm", "applies only to the heatmap head"
     shape = preprocessing.get("mean_shape")
     if any(stage.get("orientation") == "shape-aligned" for stage in stages) and shape is None:
         return "preprocessing.mean_shape", "is needed by the shape-aligned stage"
