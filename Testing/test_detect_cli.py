@@ -16,7 +16,7 @@ from H3DELandmarksLib.data.landmark_files import read_json_metadata, read_landma
 from H3DELandmarksLib.data.volume_io import write_volume
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
-CSV_HEADER = "label,description,x,y,z,i,j,k,confidence,status,model_id,model_version"
+CSV_HEADER = "label,description,x,y,z,i,j,k,confidence,expected_error_mm,status,model_id,model_version"
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -21,6 +22,7 @@ from H3DELandmarksLib.data.landmark_files import (
     write_landmarks,
     write_mmld_case,
 )
+from H3DELandmarksLib.data.landmark_files.common import annotated_description, split_annotated_description
 from H3DELandmarksLib.data.landmarks import Landmarks
 from H3DELandmarksLib.data.volume import Volume
 from H3DELandmarksLib.errors import H3DEError, LandmarkFileError
@@ -94,6 +96,7 @@ def sample_landmarks() -> Landmarks:
         present=[True, True, False, False],
         confidence=[0.93, np.nan, 0.125, 0.01],
         descriptions=['deepest point, "frontonasal"', "", "guess", ""],
+        expected_error=[0.0625, np.nan, 1.5, np.nan],
     )
 
 
@@ -102,6 +105,7 @@ def assert_same_landmarks(actual: Landmarks, expected: Landmarks) -> None:
     np.testing.assert_allclose(actual.positions, expected.positions, atol=1e-6, rtol=0)
     np.testing.assert_array_equal(actual.present, expected.present)
     np.testing.assert_allclose(actual.confidence, expected.confidence, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(actual.expected_error, expected.expected_error, atol=1e-12, rtol=0)
     assert actual.descriptions == expected.descriptions
 
 
@@ -163,7 +167,7 @@ def test_written_markups_file_is_schema_valid_and_lps(tmp_path):
     assert [point["positionStatus"] for point in points] == ["defined", "defined", "missing", "missing"]
     assert points[2]["position"] == [4.0, 5.0, -6.125]
     assert "position" not in points[3]
-    assert points[0]["description"] == 'deepest point, "frontonasal"; confidence 0.93'
+    assert points[0]["description"] == 'deepest point, "frontonasal"; confidence 0.93; expected error 0.0625 mm'
 
 
 def test_markups_in_ras_without_coordinate_system_and_in_microns(tmp_path):
@@ -245,8 +249,8 @@ def test_csv_and_json_with_volume_and_model(tmp_path):
     expected_ijk = volume.physical_to_index(landmarks.positions)
     write_csv(tmp_path / "out.csv", landmarks, volume=volume, model_id="h3de-mmld", model_version="1.2.0")
     header, *rows = (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()
-    assert header == "label,description,x,y,z,i,j,k,confidence,status,model_id,model_version"
-    assert rows[0].endswith(",0.93,present,h3de-mmld,1.2.0")
+    assert header == "label,description,x,y,z,i,j,k,confidence,expected_error_mm,status,model_id,model_version"
+    assert rows[0].endswith(",0.93,0.0625,present,h3de-mmld,1.2.0")
     assert_same_landmarks(read_csv(tmp_path / "out.csv"), landmarks)
 
     metadata = {"model_id": "h3de-mmld", "model_version": "1.2.0", "input": {"file": "ct.nrrd", "size": 1234}}
@@ -374,3 +378,19 @@ def test_unusable_paths_and_options(tmp_path):
     write_landmarks(csv_path, sample_landmarks())
     with pytest.raises(LandmarkFileError, match="not a Slicer markups file"):
         read_landmarks(csv_path, markup_index=0)
+
+
+def test_description_carries_confidence_and_expected_error():
+    text = annotated_description("tip; of the nose", 0.5, 0.25)
+    assert text == "tip; of the nose; confidence 0.5; expected error 0.25 mm"
+    assert split_annotated_description(text) == ("tip; of the nose", 0.5, 0.25)
+    description, confidence, error = split_annotated_description("confidence 0.5")
+    assert (description, confidence, math.isnan(error)) == ("", 0.5, True)
+    description, confidence, error = split_annotated_description("expected error -3 mm")
+    assert (description, math.isnan(confidence), math.isnan(error)) == ("expected error -3 mm", True, True)
+
+
+def test_negative_expected_error_in_csv_is_refused(tmp_path):
+    path = write_text(tmp_path / "bad.csv", "label,x,y,z,expected_error_mm\nA,1,2,3,-0.5\n")
+    with pytest.raises(LandmarkFileError, match="expected error '-0.5' of data row 1"):
+        read_csv(path)

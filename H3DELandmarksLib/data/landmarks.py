@@ -1,7 +1,8 @@
 """The `Landmarks` type: an ordered, named set of points in LPS millimetres.
 
 Each landmark has a name, an optional description, a position (NaN when no position is known at
-all), a confidence (NaN when unknown) and a present/absent status. An absent landmark keeps its
+all), a confidence (NaN when unknown), an expected error in millimetres (NaN when unknown) and a
+present/absent status. An absent landmark keeps its
 best-guess position when one exists.
 """
 
@@ -23,6 +24,8 @@ class Landmarks:
         positions: ``(N, 3)`` LPS millimetres; a row of NaN means no position at all.
         present: ``(N,)`` bool; False marks an absent landmark (its position, if any, is a guess).
         confidence: ``(N,)`` float in [0, 1]; NaN when unknown (e.g. hand-placed points).
+        expected_error: ``(N,)`` float, the detector's calibrated expected radial error in mm;
+            NaN when unknown.
         descriptions: optional free text per landmark.
     """
 
@@ -31,6 +34,7 @@ class Landmarks:
     present: np.ndarray = None
     confidence: np.ndarray = None
     descriptions: list[str] = field(default=None)
+    expected_error: np.ndarray = None
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -42,6 +46,9 @@ class Landmarks:
         if self.confidence is None:
             self.confidence = np.full(n, np.nan)
         self.confidence = np.asarray(self.confidence, float).reshape(n)
+        if self.expected_error is None:
+            self.expected_error = np.full(n, np.nan)
+        self.expected_error = np.asarray(self.expected_error, float).reshape(n)
         if self.descriptions is None:
             self.descriptions = [""] * n
         self.descriptions = [str(d) for d in self.descriptions]
@@ -83,6 +90,7 @@ class Landmarks:
             present=self.present[order],
             confidence=self.confidence[order],
             descriptions=[self.descriptions[i] for i in order],
+            expected_error=self.expected_error[order],
         )
 
     def copy(self) -> "Landmarks":
@@ -93,4 +101,5 @@ class Landmarks:
             present=self.present.copy(),
             confidence=self.confidence.copy(),
             descriptions=list(self.descriptions),
+            expected_error=self.expected_error.copy(),
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 import slicer
 
 from ..atomic import atomic_destination, atomic_write_text
-from ..data.landmark_files.common import number_text, split_confidence
+from ..data.landmark_files.common import number_text, split_annotated_description
 from ..errors import LandmarkFileError
 from .corrections import review_points
 from .markups_node import VOLUME_REFERENCE_ROLE, confidence_threshold, point_position_lps
@@ -98,7 +98,7 @@ def export_csv(
 
 
 def _description(node: slicer.vtkMRMLMarkupsFiducialNode, index: int) -> str:
-    return split_confidence(node.GetNthControlPointDescription(index))[0]
+    return split_annotated_description(node.GetNthControlPointDescription(index))[0]
 
 
 def _coordinates(position) -> list[str]:

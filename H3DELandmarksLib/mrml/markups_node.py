@@ -23,7 +23,7 @@ import numpy as np
 import slicer
 import slicer.util
 
-from ..data.landmark_files.common import description_with_confidence, split_confidence
+from ..data.landmark_files.common import annotated_description, split_annotated_description
 from ..data.landmarks import Landmarks
 from .volume_node import lps_to_ras, ras_to_lps
 
@@ -138,7 +138,8 @@ def _write_point(node: slicer.vtkMRMLMarkupsFiducialNode, index: int, landmarks:
     """Point `index` of `node` takes landmark `row`: label, description, position and status."""
     node.SetNthControlPointLabel(index, landmarks.names[row])
     node.SetNthControlPointDescription(
-        index, description_with_confidence(landmarks.descriptions[row], landmarks.confidence[row])
+        index,
+        annotated_description(landmarks.descriptions[row], landmarks.confidence[row], landmarks.expected_error[row]),
     )
     if landmarks.has_position[row]:
         node.SetNthControlPointPositionWorld(index, *lps_to_ras(landmarks.positions[row]))
@@ -181,20 +182,22 @@ def landmarks_from_node(node: slicer.vtkMRMLMarkupsFiducialNode) -> Landmarks:
     """
     count = node.GetNumberOfControlPoints()
     positions = np.full((count, 3), np.nan)
-    descriptions, confidence = [], []
+    descriptions, confidence, expected_error = [], [], []
     for index in range(count):
         position = point_position_lps(node, index)
         if position is not None:
             positions[index] = position
-        description, value = split_confidence(node.GetNthControlPointDescription(index))
+        description, value, error = split_annotated_description(node.GetNthControlPointDescription(index))
         descriptions.append(description)
         confidence.append(value)
+        expected_error.append(error)
     return Landmarks(
         names=point_labels(node),
         positions=positions,
         present=np.all(np.isfinite(positions), axis=1),
         confidence=confidence,
         descriptions=descriptions,
+        expected_error=expected_error,
     )
 
 

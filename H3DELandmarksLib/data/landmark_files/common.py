@@ -1,8 +1,9 @@
 """Helpers shared by the landmark file readers and writers.
 
 Errors name the file in one sentence; numbers are written in Python's shortest exact form, so a
-position read back equals the one written; a confidence that a format has no column for travels at
-the end of the landmark's description text as ``"...; confidence 0.93"``.
+position read back equals the one written; a confidence and an expected error that a format has no
+column for travel at the end of the landmark's description text as
+``"...; confidence 0.93; expected error 0.12 mm"``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from ...errors import LandmarkFileError
 from ..landmarks import Landmarks
 
 CONFIDENCE_SUFFIX = re.compile(r"(?:^|;\s*)confidence\s*[:=]?\s*(?P<value>[-+0-9.eE]+)\s*$", re.IGNORECASE)
+EXPECTED_ERROR_SUFFIX = re.compile(
+    r"(?:^|;\s*)expected error\s*[:=]?\s*(?P<value>[-+0-9.eE]+)\s*mm\s*$", re.IGNORECASE
+)
 
 
 def invalid_file(path: str | os.PathLike, kind: str, reason: str) -> LandmarkFileError:
@@ -46,6 +50,7 @@ def build_landmarks(
     present: list[bool],
     confidence: list[float],
     descriptions: list[str],
+    expected_error: list[float] | None = None,
 ) -> Landmarks:
     """Make `Landmarks` from parsed columns; an inconsistency becomes an error naming the file."""
     try:
@@ -55,6 +60,7 @@ def build_landmarks(
             present=np.array(present, bool),
             confidence=np.array(confidence, float),
             descriptions=descriptions,
+            expected_error=None if expected_error is None else np.array(expected_error, float),
         )
     except LandmarkFileError as error:
         reason = str(error).rstrip(".")
@@ -84,20 +90,29 @@ def as_point(value: object) -> list[float] | None:
     return [float(item) for item in value] if all(math.isfinite(item) for item in value) else None
 
 
-def description_with_confidence(description: str, confidence: float) -> str:
-    """`description` followed by ``confidence <value>`` when the confidence is known."""
-    if not math.isfinite(confidence):
-        return description
-    suffix = f"confidence {number_text(confidence)}"
-    return f"{description}; {suffix}" if description else suffix
+def annotated_description(description: str, confidence: float, expected_error: float = math.nan) -> str:
+    """`description` followed by ``confidence <value>`` and ``expected error <value> mm`` when known."""
+    parts = [description] if description else []
+    if math.isfinite(confidence):
+        parts.append(f"confidence {number_text(confidence)}")
+    if math.isfinite(expected_error):
+        parts.append(f"expected error {number_text(expected_error)} mm")
+    return "; ".join(parts)
 
 
-def split_confidence(text: str) -> tuple[str, float]:
-    """Inverse of `description_with_confidence`: (description, confidence or NaN)."""
-    match = CONFIDENCE_SUFFIX.search(text)
+def split_annotated_description(text: str) -> tuple[str, float, float]:
+    """Inverse of `annotated_description`: (description, confidence or NaN, expected error or NaN)."""
+    text, expected_error = _split_suffix(text, EXPECTED_ERROR_SUFFIX, 0.0, math.inf)
+    text, confidence = _split_suffix(text, CONFIDENCE_SUFFIX, 0.0, 1.0)
+    return text, confidence, expected_error
+
+
+def _split_suffix(text: str, pattern: re.Pattern, low: float, high: float) -> tuple[str, float]:
+    """(`text` without a trailing `pattern`, its value in [low, high]); NaN when there is none."""
+    match = pattern.search(text)
     if match is None:
         return text, math.nan
     value = parse_number(match.group("value"))
-    if value is None or not 0.0 <= value <= 1.0:
+    if value is None or not low <= value <= high:
         return text, math.nan
     return text[: match.start()], value

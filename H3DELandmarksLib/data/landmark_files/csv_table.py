@@ -1,9 +1,9 @@
 """The project's CSV export: one row per landmark.
 
 Columns: label, description, x, y, z (LPS mm), i, j, k (continuous voxel indices in ITK order, only
-when a volume is given), confidence, status (present / absent), model_id and model_version (each
-only when given). A landmark without a position has empty x, y, z (and i, j, k); an unknown
-confidence is empty. The reader also takes plain ``label,x,y,z`` tables: column names are matched
+when a volume is given), confidence, expected_error_mm (the detector's expected radial error),
+status (present / absent), model_id and model_version (each only when given). A landmark without a
+position has empty x, y, z (and i, j, k); an unknown confidence or expected error is empty. The reader also takes plain ``label,x,y,z`` tables: column names are matched
 case-insensitively ("name" may stand for "label"), the status defaults to present when a position
 is given, and voxel-index and model columns are ignored (x, y, z are the truth).
 """
@@ -37,7 +37,7 @@ def write_csv(
     if volume is not None:
         header += ["i", "j", "k"]
         indices = volume.physical_to_index(landmarks.positions)
-    header += ["confidence", "status"]
+    header += ["confidence", "expected_error_mm", "status"]
     model_columns = {"model_id": model_id, "model_version": model_version}
     model_columns = {name: value for name, value in model_columns.items() if value is not None}
     header += list(model_columns)
@@ -53,6 +53,8 @@ def write_csv(
             row += [number_text(v) if has_position else "" for v in indices[index]]
         confidence = landmarks.confidence[index]
         row += [number_text(confidence) if math.isfinite(confidence) else ""]
+        expected_error = landmarks.expected_error[index]
+        row += [number_text(expected_error) if math.isfinite(expected_error) else ""]
         row += [STATUSES[0] if landmarks.present[index] else STATUSES[1]]
         row += [str(value) for value in model_columns.values()]
         writer.writerow(row)
@@ -70,7 +72,7 @@ def read_csv(path: str | os.PathLike) -> Landmarks:
     if missing:
         raise invalid_file(path, KIND, f"its header lacks the column(s) {', '.join(missing)}")
 
-    names, positions, present, confidence, descriptions = [], [], [], [], []
+    names, positions, present, confidence, expected_error, descriptions = [], [], [], [], [], []
     for number, row in enumerate(reader, start=1):
         if not any(field.strip() for field in row):
             continue
@@ -83,8 +85,9 @@ def read_csv(path: str | os.PathLike) -> Landmarks:
         positions.append([math.nan] * 3 if position is None else position)
         present.append(_is_present(path, number, field.get("status", ""), position is not None))
         confidence.append(_confidence(path, number, field.get("confidence", "")))
+        expected_error.append(_expected_error(path, number, field.get("expected_error_mm", "")))
         descriptions.append(row[columns["description"]] if "description" in columns else "")
-    return build_landmarks(path, KIND, names, positions, present, confidence, descriptions)
+    return build_landmarks(path, KIND, names, positions, present, confidence, descriptions, expected_error)
 
 
 def _position(path: str | os.PathLike, number: int, texts: list[str]) -> list[float] | None:
@@ -115,5 +118,16 @@ def _confidence(path: str | os.PathLike, number: int, text: str) -> float:
     value = parse_number(text)
     if value is None or not 0.0 <= value <= 1.0:
         reason = f"the confidence {text!r} of data row {number} is not a number in [0, 1]"
+        raise invalid_file(path, KIND, reason)
+    return value
+
+
+def _expected_error(path: str | os.PathLike, number: int, text: str) -> float:
+    """Expected error of a row in mm (a number ≥ 0); NaN when empty."""
+    if not text:
+        return math.nan
+    value = parse_number(text)
+    if value is None or value < 0.0:
+        reason = f"the expected error {text!r} of data row {number} is not a number of millimetres ≥ 0"
         raise invalid_file(path, KIND, reason)
     return value

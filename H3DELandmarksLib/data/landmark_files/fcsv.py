@@ -25,12 +25,12 @@ from ...atomic import atomic_write_text
 from ..landmarks import Landmarks
 from .common import (
     build_landmarks,
-    description_with_confidence,
+    annotated_description,
     invalid_file,
     number_text,
     parse_number,
     read_text,
-    split_confidence,
+    split_annotated_description,
 )
 
 KIND = "Slicer fiducial CSV (.fcsv)"
@@ -56,20 +56,21 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
         elif line.strip() and not line.startswith("#"):
             rows.append(line)
 
-    names, positions, present, confidence, descriptions = [], [], [], [], []
+    names, positions, present, confidence, expected_error, descriptions = [], [], [], [], [], []
     for number, fields in enumerate(csv.reader(rows), start=1):
         if len(fields) < 4:
             raise invalid_file(path, KIND, f"point row {number} has fewer than the 4 columns id,x,y,z")
         fields += [""] * (STATUS + 1 - len(fields))
         position = _position(path, number, fields[1:4])
         status = _status(path, number, fields[STATUS])
-        description, point_confidence = split_confidence(fields[DESCRIPTION])
+        description, point_confidence, point_error = split_annotated_description(fields[DESCRIPTION])
         names.append(fields[LABEL])
         positions.append([math.nan] * 3 if position is None else [v * s for v, s in zip(position, flip)])
         present.append(status == DEFINED and position is not None)
         confidence.append(point_confidence)
+        expected_error.append(point_error)
         descriptions.append(description)
-    return build_landmarks(path, KIND, names, positions, present, confidence, descriptions)
+    return build_landmarks(path, KIND, names, positions, present, confidence, descriptions, expected_error)
 
 
 def write_fcsv(path: str | os.PathLike, landmarks: Landmarks, overwrite: bool = False) -> None:
@@ -84,7 +85,9 @@ def write_fcsv(path: str | os.PathLike, landmarks: Landmarks, overwrite: bool = 
             xyz = [number_text(value) for value in landmarks.positions[index]]
         else:
             xyz = ["", "", ""]
-        description = description_with_confidence(landmarks.descriptions[index], landmarks.confidence[index])
+        description = annotated_description(
+            landmarks.descriptions[index], landmarks.confidence[index], landmarks.expected_error[index]
+        )
         status = DEFINED if landmarks.present[index] else MISSING
         writer.writerow([index + 1, *xyz, 0, 0, 0, 1, 1, 1, 0, name, description, "", status])
     atomic_write_text(path, stream.getvalue(), overwrite=overwrite)

@@ -5,7 +5,8 @@ Layout::
     {"coordinate_system": "LPS", "units": "mm",
      "landmarks": [{"label": "...", "description": "...", "position": [x, y, z] or null,
                     "index": [i, j, k] or null (only when a volume is given),
-                    "confidence": 0.93 or null, "status": "present" or "absent"}, ...],
+                    "confidence": 0.93 or null, "expected_error_mm": 0.12 or null,
+                    "status": "present" or "absent"}, ...],
      "metadata": {... free, given by the caller: model id and version, input file, software ...}}
 
 Positions are LPS millimetres, indices continuous voxel indices in ITK (i, j, k) order. An absent
@@ -48,6 +49,8 @@ def write_json(
             item["index"] = [float(v) for v in indices[index]] if has_position else None
         confidence = float(landmarks.confidence[index])
         item["confidence"] = confidence if math.isfinite(confidence) else None
+        expected_error = float(landmarks.expected_error[index])
+        item["expected_error_mm"] = expected_error if math.isfinite(expected_error) else None
         item["status"] = STATUSES[0] if landmarks.present[index] else STATUSES[1]
         items.append(item)
     document = {"coordinate_system": "LPS", "units": "mm", "landmarks": items, "metadata": metadata or {}}
@@ -57,7 +60,7 @@ def write_json(
 def read_json(path: str | os.PathLike) -> Landmarks:
     """Read the landmarks of a plain JSON export."""
     document = _document(path)
-    names, positions, present, confidence, descriptions = [], [], [], [], []
+    names, positions, present, confidence, expected_error, descriptions = [], [], [], [], [], []
     for number, item in enumerate(document["landmarks"], start=1):
         if not isinstance(item, dict) or not isinstance(item.get("label"), str):
             raise invalid_file(path, KIND, f"landmark {number} is not an object with a text 'label'")
@@ -66,8 +69,9 @@ def read_json(path: str | os.PathLike) -> Landmarks:
         positions.append([math.nan] * 3 if position is None else position)
         present.append(_is_present(path, number, item.get("status"), position is not None))
         confidence.append(_confidence(path, number, item.get("confidence")))
+        expected_error.append(_expected_error(path, number, item.get("expected_error_mm")))
         descriptions.append(str(item.get("description") or ""))
-    return build_landmarks(path, KIND, names, positions, present, confidence, descriptions)
+    return build_landmarks(path, KIND, names, positions, present, confidence, descriptions, expected_error)
 
 
 def read_json_metadata(path: str | os.PathLike) -> dict:
@@ -120,3 +124,12 @@ def _confidence(path: str | os.PathLike, number: int, value: object) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
         return float(value)
     raise invalid_file(path, KIND, f"the confidence of landmark {number} is not a number in [0, 1]")
+
+
+def _expected_error(path: str | os.PathLike, number: int, value: object) -> float:
+    """Expected error in mm (≥ 0), NaN for null or a missing field."""
+    if value is None:
+        return math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < math.inf:
+        return float(value)
+    raise invalid_file(path, KIND, f"the expected error of landmark {number} is not a number of millimetres ≥ 0")

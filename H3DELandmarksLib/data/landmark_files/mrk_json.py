@@ -30,10 +30,10 @@ from ..landmarks import Landmarks
 from .common import (
     as_point,
     build_landmarks,
-    description_with_confidence,
+    annotated_description,
     invalid_file,
     read_text,
-    split_confidence,
+    split_annotated_description,
 )
 
 KIND = "Slicer markups"
@@ -71,7 +71,7 @@ def read_mrk_json(path: str | os.PathLike, markup_index: int | str | None = None
     if not isinstance(points, list):
         raise invalid_file(path, KIND, "its 'controlPoints' is not a list")
 
-    names, positions, present, confidence, descriptions = [], [], [], [], []
+    names, positions, present, confidence, expected_error, descriptions = [], [], [], [], [], []
     for number, point in enumerate(points, start=1):
         if not isinstance(point, dict):
             raise invalid_file(path, KIND, f"control point {number} is not an object")
@@ -80,20 +80,23 @@ def read_mrk_json(path: str | os.PathLike, markup_index: int | str | None = None
         if status not in POSITION_STATUSES:
             reason = f"control point {number} has the unknown positionStatus {status!r}"
             raise invalid_file(path, KIND, reason)
-        description, point_confidence = split_confidence(str(point.get("description", "")))
+        description, point_confidence, point_error = split_annotated_description(str(point.get("description", "")))
         names.append(str(point.get("label", "")))
         positions.append([math.nan] * 3 if position is None else position * flip * scale)
         present.append(status == "defined" and position is not None)
         confidence.append(point_confidence)
+        expected_error.append(point_error)
         descriptions.append(description)
-    return build_landmarks(path, KIND, names, positions, present, confidence, descriptions)
+    return build_landmarks(path, KIND, names, positions, present, confidence, descriptions, expected_error)
 
 
 def write_mrk_json(path: str | os.PathLike, landmarks: Landmarks, overwrite: bool = False) -> None:
     """Write `landmarks` as one Slicer "Fiducial" markup in LPS millimetres (see module notes)."""
     points = []
     for index, name in enumerate(landmarks.names):
-        description = description_with_confidence(landmarks.descriptions[index], landmarks.confidence[index])
+        description = annotated_description(
+            landmarks.descriptions[index], landmarks.confidence[index], landmarks.expected_error[index]
+        )
         point = {"id": str(index + 1), "label": name, "description": description}
         if landmarks.has_position[index]:
             point["position"] = [float(value) for value in landmarks.positions[index]]
