@@ -11,9 +11,12 @@ library finds in the original file.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +35,8 @@ from H3DELandmarksLib.model.network import H3DENet
 slicer = pytest.importorskip("slicer")
 
 from H3DELandmarksLib.mrml.corrections import apply_detection  # noqa: E402 - needs slicer
+from H3DELandmarksLib.cli.parent_guard import STDIN_CLOSED_STATUS  # noqa: E402
+from H3DELandmarksLib.mrml.child_process import library_command  # noqa: E402
 from H3DELandmarksLib.mrml.detect_process import start_detection  # noqa: E402
 from H3DELandmarksLib.mrml.markups_node import create_landmarks_node  # noqa: E402
 from H3DELandmarksLib.mrml.models import ModelDownload, model_from_folder, registered_models  # noqa: E402
@@ -184,8 +189,8 @@ def test_background_download_reports_progress_and_finishes(tmp_path, server, pac
     registry = make_registry(tmp_path, server, "/m.zip", sha256, size)
     download = ModelDownload(MODEL_ID, cache_dir=tmp_path / "cache", registry=registry, **DOWNLOAD_OPTIONS)
     assert download.wait(10)
-    assert (download.error, download.cancelled, download.fraction) == (None, False, 1.0)
-    assert download.path == ModelCache(tmp_path / "cache").package_dir(MODEL_ID, "1.0.0")
+    assert (download.error(), download.cancelled, download.fraction) == (None, False, 1.0)
+    assert download.result() == ModelCache(tmp_path / "cache").package_dir(MODEL_ID, "1.0.0")
 
 
 def test_background_download_can_be_cancelled_and_resumed(tmp_path, server, packed):
@@ -209,7 +214,8 @@ def test_background_download_can_be_cancelled_and_resumed(tmp_path, server, pack
     download.cancel()
     release.set()
     assert download.wait(10)
-    assert download.cancelled and download.path is None and download.error is None
+    assert download.cancelled and download.path is None
+    assert download.error() == "The download was cancelled; the next download resumes where it stopped."
     assert ModelCache(tmp_path / "cache").partial_path(MODEL_ID, "1.0.0").exists()
     server.routes["/m.zip"] = serve(payload)
     resumed = ModelDownload(MODEL_ID, cache_dir=tmp_path / "cache", registry=registry, **DOWNLOAD_OPTIONS)
@@ -222,8 +228,10 @@ def test_background_download_failure_is_one_sentence(tmp_path, server, packed):
     registry = make_registry(tmp_path, server, "/missing.zip", sha256, size)
     download = ModelDownload(MODEL_ID, cache_dir=tmp_path / "cache", registry=registry, **DOWNLOAD_OPTIONS)
     assert download.wait(10)
-    assert download.path is None and download.error.startswith("Downloading http://127.0.0.1:")
-    assert "HTTP 404" in download.error
+    assert download.path is None and download.error().startswith("Downloading http://127.0.0.1:")
+    assert "HTTP 404" in download.error()
+    with pytest.raises(H3DEError, match="HTTP 404"):
+        download.result()
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +316,62 @@ def test_background_detection_can_be_cancelled(phantom, random_model):
     assert run.error() == "Landmark detection was cancelled."
     run.cleanup()
     assert not run.work_dir.exists()
+
+
+def write_launcher(folder: Path) -> Path:
+    """A stand-in for PythonSlicer: like CTK's AppLauncher it runs the real Python as its child
+    (whose process id it writes to $H3DE_TEST_CHILD_PID) and waits for it."""
+    launcher = folder / "PythonSlicer"
+    launcher.write_text(
+        f"#!{sys.executable}\n"
+        "import os, subprocess, sys\n"
+        f"child = subprocess.Popen([{sys.executable!r}, *sys.argv[1:]])\n"
+        "open(os.environ['H3DE_TEST_CHILD_PID'], 'w').write(str(child.pid))\n"
+        "sys.exit(child.wait())\n",
+        encoding="utf-8",
+    )
+    launcher.chmod(0o755)
+    return launcher
+
+
+def process_ended(pid: int) -> bool:
+    """True when `pid` no longer runs (gone, or a zombie nobody reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+def test_cancel_ends_the_real_python_behind_a_launcher(phantom, random_model, tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("H3DE_TEST_CHILD_PID", str(pid_file))
+    volume, _ = phantom
+    node = volume_to_node(volume, slicer.vtkMRMLScene(), "CT")
+    run = start_detection(node, str(random_model), device="cpu", python=str(write_launcher(tmp_path)))
+    wait_until(pid_file.exists)
+    wait_until(lambda: pid_file.read_text() != "")
+    child = int(pid_file.read_text())
+    assert not process_ended(child)
+    run.cancel()
+    wait_until(lambda: process_ended(child), seconds=5.0)
+    follow(run)
+    assert run.error() == "Landmark detection was cancelled."
+    assert not (run.output_dir / f"{run.case}.json").exists(), "the detection went on after cancel"
+    run.cleanup()
+
+
+def test_detect_stops_when_its_standard_input_closes(phantom, random_model, tmp_path):
+    volume, _ = phantom
+    path = write_volume(volume, tmp_path / "phantom.nrrd")
+    command = library_command("detect", str(path), "--model", str(random_model), "--out", str(tmp_path / "out"),
+                              "--device", "cpu", "--progress", "none", "--stop-when-stdin-closes")
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]),
+                                                                os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=environment)
+    process.stdin.close()
+    assert process.wait(DETECTION_TIMEOUT_S) == STDIN_CLOSED_STATUS, process.stderr.read()
+    process.stderr.close()
+    assert not (tmp_path / "out" / "phantom.json").exists()

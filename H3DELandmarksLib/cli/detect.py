@@ -31,6 +31,8 @@ from ..data.volume_io import FORMAT_NAMES, read_volume, volume_format
 from ..errors import H3DEError
 from ..inference import Predictor
 from .model_options import add_model_options, predictor_from_args
+from .parent_guard import add_option as add_parent_guard_option
+from .parent_guard import stop_when_stdin_closes
 
 FORMATS = ("mrk.json", "csv", "json")
 GLOB_CHARACTERS = "*?["
@@ -78,11 +80,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="process only every N-th case, starting with the I-th (1-based), after sorting")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                         help="progress display: a bar on stderr, JSON lines on stdout, or none")
+    add_parent_guard_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Detect landmarks in every selected case; returns 0 if all succeeded, else 2."""
+    stop_when_stdin_closes(args.stop_when_stdin_closes)
     started = time.perf_counter()
     cases = expand_inputs(args.inputs, args.recursive)
     if args.shard:

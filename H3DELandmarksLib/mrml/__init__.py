@@ -9,6 +9,8 @@ reads or writes stays LPS millimetres.
 - `corrections`: per-point review against the prediction; re-detection that keeps corrections.
 - `export`: ``.mrk.json`` through Slicer's writer, review CSV.
 - `training_export`: "Save for training" into the dataset layout `h3de train` reads.
+- `child_process`: background commands (one job interface) stopped with their whole process tree.
 - `detect_process`: `h3de detect` in a child process, polled by a GUI timer.
+- `training_process`: `h3de train --init-from` on the user's cases in a child process.
 - `models`: the models a GUI offers, downloads in a background thread.
 """

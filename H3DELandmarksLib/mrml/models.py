@@ -1,9 +1,11 @@
 """The models a GUI offers, and model downloads that run beside a GUI's event loop.
 
 `registered_models` lists the registry's models with their status; `model_from_folder` checks a
-package folder the user picked. `ModelDownload` runs `registry.download_model` in a background
-thread: a GUI timer reads its `fraction` and `finished`, and `cancel()` stops it at the next chunk
-(the partial file is kept, so the next download resumes).
+package folder the user picked (or a training run wrote); `merge_model_choices` makes the list a
+GUI offers. `ModelDownload` runs `registry.download_model` in a background thread of this process
+(no child process: there is no process tree to stop) behind the same job interface as the child
+processes of `child_process`: a GUI timer reads `fraction` and `finished`, `cancel()` stops it at
+the next chunk (the partial file is kept, so the next download resumes), `error()` and `result()`.
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ def model_from_folder(folder: str | os.PathLike) -> ModelChoice:
     return ModelChoice(f"{title} ({package.id}@{package.version}, {FROM_FOLDER})", str(package.path), FROM_FOLDER)
 
 
+def merge_model_choices(registered: list[ModelChoice], folders: list[ModelChoice],
+                        selected: str) -> tuple[list[ModelChoice], int]:
+    """The registered models, then the folder models (the last one of each spec), and the index of
+    `selected` among them: 0 when it is not there, -1 when there is nothing to offer."""
+    by_spec = {choice.spec: choice for choice in folders}
+    choices = [choice for choice in registered if choice.spec not in by_spec] + list(by_spec.values())
+    specs = [choice.spec for choice in choices]
+    if not choices:
+        return choices, -1
+    return choices, specs.index(selected) if selected in specs else 0
+
+
+def add_folder_model(folders: list[ModelChoice], choice: ModelChoice) -> list[ModelChoice]:
+    """`folders` with `choice` last, in place of an earlier choice of the same folder."""
+    return [model for model in folders if model.spec != choice.spec] + [choice]
+
+
 class _Cancelled(Exception):
     """Raised from the progress callback to stop a download."""
 
@@ -71,10 +90,12 @@ class ModelDownload:
     def __init__(self, spec: str, cache_dir: str | os.PathLike | None = None,
                  registry: Registry | None = None, **options) -> None:
         self.spec = spec
+        self.description = f"Downloading {spec}"
         self.fraction = 0.0
+        self.step = "download"
         self.path: Path | None = None
-        self.error: str | None = None
         self.cancelled = False
+        self._error: str | None = None
         self._cancel = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(cache_dir, registry, options), name=f"download {spec}", daemon=True
@@ -85,6 +106,10 @@ class ModelDownload:
     def finished(self) -> bool:
         return not self._thread.is_alive()
 
+    def poll(self) -> list[dict]:
+        """Nothing to collect: `fraction` is updated by the download thread itself."""
+        return []
+
     def cancel(self) -> None:
         """Ask the download to stop; `finished` becomes true shortly after."""
         self._cancel.set()
@@ -94,6 +119,23 @@ class ModelDownload:
         self._thread.join(timeout)
         return self.finished
 
+    def error(self) -> str | None:
+        """One sentence saying why the finished download failed or stopped; None when it succeeded."""
+        if self.cancelled:
+            return "The download was cancelled; the next download resumes where it stopped."
+        return self._error
+
+    def result(self) -> Path:
+        """The verified model folder; raises `H3DEError` when the download failed."""
+        message = self.error()
+        if message is not None:
+            raise H3DEError(message)
+        return self.path
+
+    def cleanup(self) -> None:
+        """Stop the download if it still runs (the partial file stays for the next one)."""
+        self.cancel()
+
     def _run(self, cache_dir, registry, options) -> None:
         try:
             self.path = download_model(self.spec, cache_dir=cache_dir, registry=registry,
@@ -102,10 +144,10 @@ class ModelDownload:
         except _Cancelled:
             self.cancelled = True
         except H3DEError as error:
-            self.error = str(error)
+            self._error = str(error)
         except Exception as error:  # noqa: BLE001 - a background thread must report every failure
             logger.exception("Downloading %s failed", self.spec)
-            self.error = f"Downloading {self.spec} failed unexpectedly ({type(error).__name__}: {error})."
+            self._error = f"Downloading {self.spec} failed unexpectedly ({type(error).__name__}: {error})."
 
     def _progress(self, done: int, total: int) -> None:
         if self._cancel.is_set():
