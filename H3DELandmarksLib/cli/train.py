@@ -1,68 +1,168 @@
-"""`h3de train CONFIG`: train every stage of a model from one configuration file.
+"""`h3de train`: train every stage of a model, from the data alone or from a recipe file.
 
-The output folder keeps the checkpoint (after every epoch), the per-epoch CSV log, the case
-cache and, at the end, the model package. `--max-minutes` stops cleanly with a checkpoint and
-`--resume` continues exactly where the run stopped.
+`h3de train --data DIR --output OUT` derives the recipe from the annotated cases of DIR (see
+`training.recipe`) and writes it to ``OUT/recipe.json``; a recipe file (`--config`, or the
+positional argument) that is complete is used as it is, a partial one overrides those parts of
+the derived recipe. `--init-from MODEL` fine-tunes a model on DIR instead (its recipe, landmark
+set and weights). The output folder keeps the checkpoint (after every epoch), the per-epoch CSV
+log, the case cache and, at the end, the model package in ``OUT/package``. `--max-minutes` stops
+cleanly with a checkpoint and `--resume` continues exactly where the run stopped, with the recipe
+in ``OUT/recipe.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from ..atomic import atomic_write_text
+from ..data.datasets import GenericDataset
 from ..inference.device import DEVICES
-from ..training.config import load_training_config
-from ..training.loop import train
+from ..json_document import read_json_document
+from ..registry.resolve import resolve_model
+from ..training.cache import CaseCache
+from ..training.config import TrainingConfig, TrainingConfigError, parse_training_config
+from ..training.initialization import InitialModel, fine_tuning_recipe, load_initial_model
+from ..training.loop import CACHE_DIR, train
+from ..training.recipe import derive_recipe, merge_recipe, model_id_for, summarize_data
+
+RECIPE_FILE = "recipe.json"
+COMPLETE_SECTIONS = ("model", "architecture", "preprocessing", "stages", "data")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the `train` sub-command."""
     parser = subparsers.add_parser(
         "train",
-        help="train a model (coarse and fine stages) from a training configuration file",
-        description="Train a model from a training configuration file and write its model package.",
+        help="train a model (coarse and fine stages) from annotated data, a recipe file or a model to fine-tune",
+        description="Train a model and write its model package to OUTPUT/package. With only --data, the recipe "
+                    "is derived from the annotated cases.",
     )
-    parser.add_argument("config", type=Path, help="training configuration (JSON), e.g. Resources/Training/phantom.json")
-    parser.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (not needed for phantom data)")
+    parser.add_argument("config", type=Path, nargs="?", help="recipe file (JSON), e.g. Resources/Training/phantom.json")
+    parser.add_argument("--config", type=Path, dest="config_option", metavar="FILE",
+                        help="recipe file; a partial one overrides those parts of the derived recipe")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="dataset folder: volumes/ and landmarks/ (a volume without landmarks is unannotated), "
+                             "optional cases.csv")
     parser.add_argument("--output", type=Path, metavar="DIR",
-                        help="folder for checkpoint, log, cache and package (default: runs/ID-VERSION)")
+                        help="folder for recipe, checkpoint, log, cache and package (default: runs/ID-VERSION)")
+    parser.add_argument("--init-from", metavar="MODEL", help="fine-tune this model (id, ID@VERSION or package folder)")
+    parser.add_argument("--drop-landmarks", action="store_true",
+                        help="with --init-from: leave out the model's landmarks that the data does not have")
+    parser.add_argument("--id", dest="model_id", metavar="ID", help="id of the new model (default: from --output)")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="model cache folder (for --init-from)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     parser.add_argument("--overwrite", action="store_true", help="start over even if the output folder holds a run")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train (default: auto)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads")
     parser.add_argument("--max-minutes", type=float, metavar="M",
-                        help="stop cleanly after M minutes (resume later with --resume)")
+                        help="stop cleanly after M minutes (resume later with --resume); a derived recipe plans "
+                             "its epochs to fit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; prints where the package is, or how to resume."""
-    config = load_training_config(args.config)
-    output = args.output or Path("runs") / f"{config.model['id']}-{config.model['version']}"
+    file = _recipe_file(args)
+    if file is None and args.data is None:
+        raise TrainingConfigError("Nothing to train on: give --data DIR (and optionally a recipe file).")
+    if args.drop_landmarks and not args.init_from:
+        raise TrainingConfigError("--drop-landmarks only applies with --init-from MODEL.")
+    output = args.output or _default_output(file)
+    config, initial = _configuration(args, file, output)
     result = train(config, output, data_root=args.data, device=args.device, threads=args.threads,
                    max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
-                   progress=not args.no_progress, command=_command(args, output, args.resume))
+                   progress=not args.no_progress, command=_command(args, file, output, args.resume),
+                   initial=initial)
     metrics = ", ".join(f"{stage} {values['val_mre_mm']:.3g} mm" for stage, values in result.metrics.items()
                         if "val_mre_mm" in values)
     if result.finished:
         summary = f" (validation MRE: {metrics})" if metrics else ""
         print(f"Training finished; model package: {result.package}{summary}")
+        print(f"Detect with: h3de detect SCANS --model {result.package} --out RESULTS")
     else:
-        again = " ".join(_command(args, output, resume=True))
+        again = " ".join(_command(args, file, output, resume=True))
         print(f"Stopped at the time limit with a checkpoint in {output}; continue with: {again}")
     return 0
 
 
-def _command(args: argparse.Namespace, output: Path, resume: bool) -> list[str]:
+def _configuration(args: argparse.Namespace, file: Path | None, output: Path
+                   ) -> tuple[TrainingConfig, InitialModel | None]:
+    """The run's configuration (recorded in OUTPUT/recipe.json) and the model it starts from."""
+    initial = None
+    if args.init_from:
+        names = _data_landmark_names(args.data) if args.data else None
+        initial = load_initial_model(resolve_model(args.init_from, args.cache_dir), names, args.drop_landmarks)
+    recorded = output / RECIPE_FILE
+    if args.resume and recorded.is_file():
+        raw = read_json_document(recorded, TrainingConfigError, "Recorded recipe")
+        return parse_training_config(raw, str(recorded)), initial
+    overrides = read_json_document(file, TrainingConfigError, "Training configuration") if file else None
+    if overrides is not None and not isinstance(overrides, dict):
+        raise TrainingConfigError(f"{file} must hold a JSON object.")
+    if overrides is not None and initial is None and all(section in overrides for section in COMPLETE_SECTIONS):
+        raw = overrides
+    else:
+        raw = _derived(args, output, initial)
+        if overrides is not None:
+            raw = merge_recipe(raw, overrides)
+    config = parse_training_config(raw, str(file) if file else "the derived recipe")
+    if not args.resume and (args.overwrite or not recorded.exists()):
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(recorded, json.dumps(raw, indent=2) + "\n", overwrite=True)
+    return config, initial
+
+
+def _derived(args: argparse.Namespace, output: Path, initial: InitialModel | None) -> dict:
+    """The recipe derived from --data (retargeted from the initial model when fine-tuning)."""
+    source = GenericDataset(args.data)
+    cache = CaseCache(source, output / CACHE_DIR)
+    summary = summarize_data(cache.get, source.cases())
+    model_id = args.model_id or model_id_for(output.name)
+    recipe = derive_recipe(summary, model_id, args.max_minutes)
+    if initial is None:
+        return recipe
+    return fine_tuning_recipe(initial, recipe["data"], model_id)
+
+
+def _data_landmark_names(root: Path) -> set[str]:
+    """Landmark names that every annotated case of the dataset at `root` has."""
+    source = GenericDataset(root)
+    names = None
+    for case in source.cases():
+        case_names = set(source.load_landmarks(case).names)
+        names = case_names if names is None else names & case_names
+    return names or set()
+
+
+def _recipe_file(args: argparse.Namespace) -> Path | None:
+    if args.config and args.config_option:
+        raise TrainingConfigError("Give the recipe file once: positionally or with --config.")
+    return args.config or args.config_option
+
+
+def _default_output(file: Path | None) -> Path:
+    if file is not None:
+        raw = read_json_document(file, TrainingConfigError, "Training configuration")
+        model = raw.get("model", {}) if isinstance(raw, dict) else {}
+        if "id" in model and "version" in model:
+            return Path("runs") / f"{model['id']}-{model['version']}"
+    raise TrainingConfigError("Give --output DIR: the folder for the run and its model package.")
+
+
+def _command(args: argparse.Namespace, file: Path | None, output: Path, resume: bool) -> list[str]:
     """The command line of this run (recorded in the manifest), resuming or not."""
-    command = ["h3de", "train", str(args.config), "--output", str(output)]
-    if args.data:
-        command += ["--data", str(args.data)]
+    command = ["h3de", "train"] + ([str(file)] if file else []) + ["--output", str(output)]
+    for flag, value in (("--data", args.data), ("--init-from", args.init_from), ("--id", args.model_id),
+                        ("--threads", args.threads)):
+        if value:
+            command += [flag, str(value)]
+    if args.drop_landmarks:
+        command.append("--drop-landmarks")
     if args.device != "auto":
         command += ["--device", args.device]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
     if args.max_minutes is not None:
         command += ["--max-minutes", f"{args.max_minutes:g}"]
     if resume:

@@ -125,6 +125,10 @@ class GenericDataset(_FileDataset):
         volume_path, landmark_path = self._files[case]
         return read_volume(volume_path), read_landmarks(landmark_path)
 
+    def load_landmarks(self, case: str) -> Landmarks:
+        """The case's landmarks alone (its volume is not read)."""
+        return read_landmarks(self._files[case][1])
+
     def _landmark_file(self, volume_path: Path) -> Path | None:
         case = _strip_volume_suffix(volume_path.name)
         folders = [volume_path.parent, self.root / "landmarks"]

@@ -13,7 +13,8 @@ Sections (unknown keys are errors naming the key):
 - ``stages``: one or two of ``coarse`` then ``fine``, see `StageConfig`; a shape-aligned fine
   stage puts the mean shape of the training landmarks into the manifest.
 - ``data``: ``layout`` ("generic", "mmld" or "phantom"), ``root`` (or ``--data``), ``validation``
-  (``fraction``, ``cases``, ``only_where``), ``absent`` ({case: [landmark, ...]} treated as
+  (``fraction``, ``cases``, ``only_where``, or ``training_cases``: true to validate on the training
+  cases themselves when there are too few to hold any out), ``absent`` ({case: [landmark, ...]} treated as
   absent), ``phantom`` (`PhantomDataset` fields, ``train_seeds`` and ``validation_seeds`` as
   [first, stop) ranges).
 - ``seed``: seeds weights, data order, augmentation and the validation split.
@@ -259,7 +260,8 @@ def _data(data: dict, source: str) -> dict:
     _only(data, {"layout", "root", "validation", "absent", "phantom"}, source, "data.")
     if data.get("layout") not in LAYOUTS:
         raise TrainingConfigError(f"{source}: data.layout must be one of {', '.join(LAYOUTS)}.")
-    _only(data.get("validation", {}), {"fraction", "cases", "only_where"}, source, "data.validation.")
+    _only(data.get("validation", {}), {"fraction", "cases", "only_where", "training_cases"}, source,
+          "data.validation.")
     if data["layout"] == "phantom":
         _only(data.get("phantom", {}), {"train_seeds", "validation_seeds", "size", "spacing_mm",
                                         "absent_probability", "noise_hu"}, source, "data.phantom.")

@@ -34,10 +34,13 @@ class TrainingData:
         data_root: the dataset folder (overrides ``data.root``; not used by phantoms).
         names, descriptions: the landmark set, when already known (a resumed run); otherwise
             from the configuration or the first training case.
+        mean_shape: the mean shape to use (a fine-tuned model keeps its own); otherwise the
+            training cases' own.
     """
 
     def __init__(self, config: TrainingConfig, cache_dir: str | os.PathLike, data_root: str | os.PathLike | None = None,
-                 names: list[str] | None = None, descriptions: list[str] | None = None) -> None:
+                 names: list[str] | None = None, descriptions: list[str] | None = None,
+                 mean_shape: np.ndarray | None = None) -> None:
         self.config = config
         data = config.data
         self.source, self.train_cases, self.validation_cases = _source_and_split(config, data_root)
@@ -55,6 +58,7 @@ class TrainingData:
             names, descriptions = list(first.names), list(first.descriptions)
         self.names = list(names)
         self.descriptions = list(descriptions or [""] * len(self.names))
+        self._mean_shape = mean_shape
 
     def case(self, case: str) -> tuple[Volume, Landmarks]:
         """The case's volume and its landmarks in model order, configured absences applied."""
@@ -64,7 +68,10 @@ class TrainingData:
 
     @cached_property
     def mean_shape(self) -> np.ndarray:
-        """(L, 3) generalised Procrustes mean of the training cases' present landmarks."""
+        """(L, 3) the given mean shape, or the generalised Procrustes mean of the training cases'
+        present landmarks."""
+        if self._mean_shape is not None:
+            return self._mean_shape
         shapes = []
         for case in self.train_cases:
             landmarks = self.case(case)[1]
@@ -100,6 +107,8 @@ def _source_and_split(config: TrainingConfig, data_root) -> tuple[CaseSource, li
     validation = data.get("validation", {})
     train, held_out = split_cases(source, config.seed, validation.get("fraction", 0.0), validation.get("cases", ()),
                                   validation.get("only_where"))
+    if validation.get("training_cases") and not held_out:
+        return source, train, list(train)
     if not held_out:
         raise TrainingConfigError("No validation cases: set data.validation (fraction or cases).")
     return source, train, held_out

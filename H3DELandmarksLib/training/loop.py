@@ -42,6 +42,7 @@ from ..registry.package import remove_directory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import StageConfig, TrainingConfig, TrainingConfigError
 from .data import TrainingData
+from .initialization import InitialModel
 from .losses import adaptive_wing_loss, hnm_heatmap_loss, proposal_loss, weighted_mse_loss
 from .packaging import build_manifest, write_trained_package
 from .sampling import Sample, StageSampler
@@ -74,7 +75,8 @@ class TrainingResult:
 def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str | os.PathLike | None = None,
           device: str = "auto", threads: int | None = None, max_minutes: float | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
-          command: object = "H3DELandmarksLib.training.loop.train") -> TrainingResult:
+          command: object = "H3DELandmarksLib.training.loop.train",
+          initial: InitialModel | None = None) -> TrainingResult:
     """Train every stage of `config` and write the model package to ``output_dir/package``.
 
     Args:
@@ -88,6 +90,7 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
         overwrite: start over even though a checkpoint or package exists.
         progress: show tqdm progress bars.
         command: recorded in the manifest (the command line; the CLI passes its own).
+        initial: the model a fine-tuning run starts from (its stage weights and mean shape).
     """
     started = time.monotonic()
     deadline = None if max_minutes is None else started + 60.0 * max_minutes
@@ -106,9 +109,10 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
     torch_device = resolve_device(device)
     names = state["landmarks"]["names"] if state else None
     descriptions = state["landmarks"]["descriptions"] if state else None
-    data = TrainingData(config, output / CACHE_DIR, data_root, names, descriptions)
+    data = TrainingData(config, output / CACHE_DIR, data_root, names, descriptions,
+                        None if initial is None else initial.mean_shape)
     if state is None:
-        state = _fresh_state(config, data)
+        state = _fresh_state(config, data, initial)
     while state["stage_index"] < len(config.stages):
         trainer = _StageTrainer(config, state, data, torch_device, output, progress)
         if not trainer.run(deadline):
@@ -140,13 +144,15 @@ def _initial_state(config: TrainingConfig, path: Path, resume: bool, overwrite: 
     return None
 
 
-def _fresh_state(config: TrainingConfig, data: TrainingData) -> dict:
+def _fresh_state(config: TrainingConfig, data: TrainingData, initial: InitialModel | None) -> dict:
+    networks = {} if initial is None else {stage.name: dict(initial.networks[stage.name]) for stage in config.stages
+                                           if stage.name in initial.networks}
     return {
         "config_sha256": config.sha256,
         "landmarks": {"names": data.names, "descriptions": data.descriptions},
         "stage_index": 0,
         "progress": _fresh_progress(),
-        "networks": {},
+        "networks": networks,
         "best": {},
         "optimizer": None,
         "scaler": None,
