@@ -161,6 +161,23 @@ def test_jump_centres_the_slice_views_on_the_point(controller, slicer_app):
                                atol=1e-4)
 
 
+def test_next_flagged_selects_the_flagged_points_in_turn_and_the_counts_follow_corrections(controller):
+    node = opened_and_detected(controller)
+    state = controller.state
+    assert [row["flagged"] for row in state.landmarks] == [False, False, False, True]
+    assert all(row["expected_error_mm"] is None for row in state.landmarks)
+    assert state.review_counts == "3 of 4 placed; 1 flagged, 0 moved, 0 placed by hand"
+    controller.next_flagged()
+    assert state.active_landmark == 3
+    controller.next_flagged()
+    assert state.active_landmark == 3
+    move_to(node, 3, truth_positions()[3])
+    move_to(node, 0, np.array(state.landmarks[0]["position"]) + 2.0)
+    assert state.review_counts == "4 of 4 placed; 0 flagged, 1 moved, 1 placed by hand"
+    controller.next_flagged()
+    assert state.active_landmark == 3 and state.message == "No point is flagged."
+
+
 def test_redetection_keeps_corrected_points(controller):
     node = opened_and_detected(controller)
     moved_to = np.array(controller.state.landmarks[2]["position"]) + [0.0, 6.0, 0.0]

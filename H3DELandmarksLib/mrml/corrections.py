@@ -60,6 +60,7 @@ class PointReview:
         position: final LPS position, or None when the point is not placed.
         predicted_position: predicted LPS position (a guess for an absent landmark), or None.
         model: ``"ID@VERSION"`` of the predicting model, "" for a point it never predicted.
+        expected_error_mm: the model's expected error for this landmark; NaN when unknown.
     """
 
     index: int
@@ -71,6 +72,7 @@ class PointReview:
     position: np.ndarray | None
     predicted_position: np.ndarray | None
     model: str
+    expected_error_mm: float = math.nan
 
     @property
     def corrected(self) -> bool:
@@ -104,6 +106,7 @@ def review_points(node: slicer.vtkMRMLMarkupsFiducialNode, threshold: float) -> 
             position=position,
             predicted_position=predicted,
             model=prediction.model if prediction is not None else "",
+            expected_error_mm=prediction.expected_error if prediction is not None else math.nan,
         ))
     return reviews
 

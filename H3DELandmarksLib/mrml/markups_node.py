@@ -47,12 +47,14 @@ class Prediction:
         present: False when the model judged the landmark absent (position is then a guess).
         confidence: in [0, 1]; NaN when unknown.
         model: ``"ID@VERSION"`` of the model that predicted it.
+        expected_error: the detector's expected error in millimetres; NaN when unknown.
     """
 
     position: np.ndarray | None
     present: bool
     confidence: float
     model: str
+    expected_error: float = math.nan
 
     def to_json(self) -> dict:
         return {
@@ -60,17 +62,20 @@ class Prediction:
             "present": bool(self.present),
             "confidence": float(self.confidence) if math.isfinite(self.confidence) else None,
             "model": self.model,
+            "expected_error_mm": float(self.expected_error) if math.isfinite(self.expected_error) else None,
         }
 
     @classmethod
     def from_json(cls, item: dict) -> "Prediction":
         position = item.get("position")
         confidence = item.get("confidence")
+        expected_error = item.get("expected_error_mm")
         return cls(
             position=None if position is None else np.array(position, float),
             present=bool(item.get("present", False)),
             confidence=math.nan if confidence is None else float(confidence),
             model=str(item.get("model", "")),
+            expected_error=math.nan if expected_error is None else float(expected_error),
         )
 
 
@@ -126,6 +131,7 @@ def write_predicted_landmarks(
                 present=bool(landmarks.present[row]),
                 confidence=float(landmarks.confidence[row]),
                 model=spec,
+                expected_error=float(landmarks.expected_error[row]),
             )
         node.SetAttribute(MODEL_ID_ATTRIBUTE, model_id)
         node.SetAttribute(MODEL_VERSION_ATTRIBUTE, model_version)

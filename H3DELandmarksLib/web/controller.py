@@ -6,7 +6,8 @@ widget, so tests drive it with a real Slicer scene and a trame state and no brow
 error (unreadable volume, no model, nothing to export) becomes one sentence in ``error``.
 
 State keys: ``cases`` (name, path, problem, saved), ``case_index`` (-1: none open),
-``volume_open``, ``landmarks`` (rows of `ReviewSession.rows`), ``active_landmark``,
+``volume_open``, ``landmarks`` (rows of `ReviewSession.rows`), ``review_counts`` (placed,
+flagged, moved and hand-placed points, as text), ``active_landmark``,
 ``placing`` (index being placed, -1: none), ``detecting``, ``progress`` (0-100),
 ``progress_step``, ``model_label``, ``message``, ``error``, ``saved_files``, ``download_names``.
 """
@@ -88,6 +89,7 @@ class ReviewController:
             "case_index": -1,
             "volume_open": False,
             "landmarks": [],
+            "review_counts": "",
             "active_landmark": -1,
             "placing": -1,
             "detecting": False,
@@ -208,6 +210,16 @@ class ReviewController:
             self.state.active_landmark = index
 
     @reports_errors
+    def next_flagged(self) -> None:
+        """Select the flagged point after the selected one and centre the slice views on it."""
+        index = self.session.next_flagged(self.state.active_landmark)
+        if index is None:
+            with self.state:
+                self.state.message = "No point is flagged."
+            return
+        self.jump(index)
+
+    @reports_errors
     def place(self, index: int) -> None:
         """Show the model's guess for landmark `index`; the next click in a slice view places it."""
         self.session.start_placing(index)
@@ -273,6 +285,7 @@ class ReviewController:
     def _refresh_rows(self) -> None:
         rows = self.session.rows()
         self.state.landmarks = rows
+        self.state.review_counts = self.session.counts_text()
         placing = self.state.placing
         if placing >= 0 and (placing >= len(rows) or rows[placing]["placed"]):
             self.state.placing = -1

@@ -2,8 +2,9 @@
 
 Every decision is the scene bridge's (`H3DELandmarksLib.mrml`): the volume goes into the scene
 with `volume_to_node` and back to detection with `volume_from_node`; a detection enters with
-`apply_detection` (re-detecting never overwrites a correction); each point's status comes from
-`review_points`; the files are written by `export_mrk_json` and `export_csv`.
+`apply_detection` (re-detecting never overwrites a correction); the rows, flags, counts and jumps
+come from `mrml.review`, as in the Slicer module; the files are written by `export_mrk_json` and
+`export_csv`.
 
 Only the open case's volume is in the scene. Each visited case keeps its landmarks node (small),
 hidden while another case is open, so going back to a case shows its corrections again. A point
@@ -13,7 +14,6 @@ slice view put it there, as Slicer's own place mode does. Positions shown to the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,19 +24,20 @@ from ..data.volume import Volume
 from ..data.volume_io import read_volume
 from ..errors import H3DEError
 from ..inference.predictor import Detection
-from ..mrml.corrections import apply_detection, review_points
+from ..mrml.corrections import apply_detection
 from ..mrml.export import export_csv, export_mrk_json
 from ..mrml.markups_node import POSITION_DEFINED, VOLUME_REFERENCE_ROLE, confidence_threshold
-from ..mrml.volume_node import lps_to_ras, volume_from_node, volume_to_node
-from .cases import ReviewFiles, review_files
-
-POINT_EVENTS = (
-    slicer.vtkMRMLMarkupsNode.PointAddedEvent,
-    slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
-    slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
-    slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-    slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent,
+from ..mrml.review import (
+    DEFAULT_ERROR_THRESHOLD_MM,
+    POINT_EVENTS,
+    ReviewRow,
+    next_flagged,
+    review_counts,
+    review_rows,
 )
+from ..mrml.review import jump_to as jump_slices_to
+from ..mrml.volume_node import volume_from_node, volume_to_node
+from .cases import ReviewFiles, review_files
 
 
 class ReviewSession:
@@ -47,6 +48,7 @@ class ReviewSession:
         markups_logic: trame-slicer's markups logic (`place_node`, `disable_place_mode`).
         points_changed: called after any change of the open case's points (moved, placed,
             unplaced, relabelled), from the thread that changed them.
+        error_threshold_mm: points whose expected error is above it are flagged (`mrml.review`).
     """
 
     def __init__(self, scene: slicer.vtkMRMLScene, markups_logic,
@@ -54,6 +56,7 @@ class ReviewSession:
         self.scene = scene
         self.markups_logic = markups_logic
         self.points_changed = points_changed or (lambda: None)
+        self.error_threshold_mm = DEFAULT_ERROR_THRESHOLD_MM
         self.case: Case | None = None
         self.volume_node: slicer.vtkMRMLScalarVolumeNode | None = None
         self._landmark_nodes: dict[Path, slicer.vtkMRMLMarkupsFiducialNode] = {}
@@ -120,40 +123,32 @@ class ReviewSession:
         if node is self.landmarks_node:
             self.points_changed()
 
-    def rows(self) -> list[dict]:
-        """The open case's landmarks for the list: name, confidence, status, LPS positions (JSON types)."""
+    def review(self) -> list[ReviewRow]:
+        """The open case's points with their flags (empty before its first detection)."""
         node = self.landmarks_node
         if node is None:
             return []
-        return [
-            {
-                "index": review.index,
-                "name": review.name,
-                "status": review.status,
-                "corrected": review.corrected,
-                "placed": review.position is not None,
-                "confidence": _finite_or_none(review.confidence),
-                "low_confidence": review.low_confidence,
-                "position": _rounded(review.position),
-                "predicted_position": _rounded(review.predicted_position),
-                "displacement_mm": _finite_or_none(review.displacement_mm),
-            }
-            for review in review_points(node, confidence_threshold(node))
-        ]
+        return review_rows(node, confidence_threshold(node), self.error_threshold_mm)
+
+    def rows(self) -> list[dict]:
+        """The open case's landmarks for the list (`ReviewRow.to_json`: JSON types, LPS positions)."""
+        return [row.to_json() for row in self.review()]
+
+    def counts_text(self) -> str:
+        """How many points are placed, flagged, moved and placed by hand ("" before a detection)."""
+        rows = self.review()
+        return review_counts(rows).text if rows else ""
+
+    def next_flagged(self, current: int) -> int | None:
+        """The flagged point after point `current` (-1: none yet), wrapping round; None when none is flagged."""
+        return next_flagged(self.review(), current)
 
     def jump_to(self, index: int) -> bool:
         """Centre every slice view on point `index` (placed, else its predicted guess); False if it has neither."""
-        node = self.landmarks_node
-        if node is None or not 0 <= index < node.GetNumberOfControlPoints():
+        rows = self.review()
+        if not 0 <= index < len(rows):
             return False
-        review = review_points(node, confidence_threshold(node))[index]
-        position = review.position if review.position is not None else review.predicted_position
-        if position is None:
-            return False
-        slicer.vtkMRMLSliceNode.JumpAllSlices(
-            self.scene, *lps_to_ras(position), slicer.vtkMRMLSliceNode.CenteredJumpSlice
-        )
-        return True
+        return jump_slices_to(self.scene, rows[index].review)
 
     def start_placing(self, index: int) -> None:
         """Make the next click in a slice view place the unplaced point `index`."""
@@ -188,10 +183,3 @@ class ReviewSession:
         export_csv(node, files.csv, case=self.case.name, overwrite=True)
         return files
 
-
-def _rounded(position) -> list[float] | None:
-    return None if position is None else [round(float(value), 3) for value in position]
-
-
-def _finite_or_none(value: float) -> float | None:
-    return round(float(value), 4) if math.isfinite(value) else None

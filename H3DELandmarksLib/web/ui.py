@@ -41,6 +41,7 @@ def build_page(server, controller: ReviewController, layout_manager) -> VAppLayo
         ("h3de_detect", controller.detect),
         ("h3de_cancel", controller.cancel_detection),
         ("h3de_jump", controller.jump),
+        ("h3de_next_flagged", controller.next_flagged),
         ("h3de_place", controller.place),
         ("h3de_stop_placing", controller.stop_placing),
         ("h3de_mark_absent", controller.mark_absent),
@@ -130,11 +131,18 @@ def _landmarks_panel() -> None:
                  classes="text-overline")
         html.Div("Click a landmark to show it; drag points in the slice views to correct them.",
                  v_if="landmarks.length", classes="text-caption text-grey")
+        with html.Div(v_if="landmarks.length", classes="d-flex align-center my-1"):
+            html.Div("{{ review_counts }}", classes="text-caption flex-grow-1", id="h3de-review-counts")
+            v.VBtn("Next flagged", id="h3de-next-flagged", size="x-small", variant="tonal", color="orange",
+                   prepend_icon="mdi-flag", disabled=("!landmarks.some(r => r.flagged)",),
+                   title="centre the slice views on the next point flagged for review",
+                   click="trigger('h3de_next_flagged')")
         with v.VTable(density="compact", classes="h3de-landmarks", fixed_header=True, id="h3de-landmarks",
                       style="flex: 1 1 auto; min-height: 0; overflow-y: auto;"):
             with html.Thead(), html.Tr():
                 html.Th("Landmark")
                 html.Th("Confidence")
+                html.Th("Exp. error")
                 html.Th("Status")
                 html.Th("")
             with html.Tbody():
@@ -149,6 +157,10 @@ def _landmarks_panel() -> None:
                         html.Span("{{ row.confidence === null ? '-' : (100 * row.confidence).toFixed(0) + '%' }}")
                         v.VIcon("mdi-alert", v_if="row.low_confidence", size="x-small", color="orange",
                                 classes="ml-1", title="below the model's confidence threshold")
+                    with html.Td():
+                        html.Span("{{ row.expected_error_mm === null ? '-' : row.expected_error_mm.toFixed(2) + ' mm' }}")
+                        v.VIcon("mdi-flag", v_if="row.flagged", size="x-small", color="orange", classes="ml-1",
+                                id=("'h3de-flag-' + row.index",), title="flagged for review")
                     with html.Td():
                         v.VChip("{{ row.status }}", size="x-small", color=(STATUS_COLORS,),
                                 id=("'h3de-status-' + row.index",))
