@@ -10,7 +10,9 @@ positions found so far (`data.shape`) before each pass: its patches take the fit
 outliers of the fit start from their fitted positions, and with ``shape_prior_mm`` each landmark's
 peak is chosen under a Gaussian prior around its fitted position (look-alikes such as a
 structure's mirror image lose against the peak where the skull's shape expects the landmark).
-A manifest with a single stage runs it in windows over the whole volume. No ground truth is used
+A manifest with a single stage runs it in windows over the whole volume. Each detection also gives
+per-point signals of its own reliability (`uncertainty`), which a manifest's fitted error model
+turns into an expected error in millimetres. No ground truth is used
 anywhere. Positions are LPS millimetres; the network sees (B, 1, X, Y, Z) with X, Y, Z the patch's
 i, j, k axes.
 """
@@ -40,6 +42,7 @@ from ..registry.manifest import validate_manifest
 from .device import precision_context, resolve_device, set_threads
 from .preprocessing import IntensityMap, extract_patch, grid_window_centre, stage_direction, stage_grid
 from .tiling import PeakSelection, group_landmarks, plan_windows
+from .uncertainty import ErrorModel
 
 ProgressCallback = Callable[[str, float], None]
 # Share of the progress bar taken by the coarse stage when there are two stages.
@@ -58,6 +61,8 @@ class Detection:
         timings: seconds per step: "<stage>_preprocessing" (resampling and intensity mapping),
             "<stage>_network", "<stage>_decoding" for each stage name, and "total".
         coarse_positions: (L, 3) LPS positions of the coarse stage, None without one.
+        signals: per-landmark reliability signals by name (see `uncertainty`); empty for a
+            single-stage model.
     """
 
     landmarks: Landmarks
@@ -65,6 +70,7 @@ class Detection:
     model_version: str
     timings: dict[str, float] = field(default_factory=dict)
     coarse_positions: np.ndarray | None = None
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,6 +142,8 @@ class Predictor:
             raise H3DEError(f"The confidence threshold must lie between 0 and 1, not {threshold}.")
         self.confidence_threshold = float(threshold)
         self.batch_size = batch_size or (1 if self.device.type == "cpu" else GPU_BATCH_SIZE)
+        uncertainty = manifest.get("uncertainty")
+        self.error_model = None if uncertainty is None else ErrorModel.from_manifest(uncertainty)
 
     @classmethod
     def from_model(cls, id_or_path: str | os.PathLike, device: str = "auto", threads: int | None = None,
@@ -169,23 +177,42 @@ class Predictor:
         reporter = _Progress(progress, cancel)
         timings: dict[str, float] = defaultdict(float)
         reporter.report("start", 0.0)
-        coarse_positions = None
+        coarse_positions, signals = None, {}
         if len(self.stages) == 2:
             coarse = self._whole_volume(volume, self.stages[0], reporter, (0.0, COARSE_SHARE), timings)
             coarse_positions = coarse.positions
-            final = self._refine(volume, self.stages[1], coarse, reporter, (COARSE_SHARE, 1.0), timings)
+            before, final = self._refine(volume, self.stages[1], coarse, reporter, (COARSE_SHARE, 1.0), timings)
+            signals = self._signals(before, final)
         else:
             final = self._whole_volume(volume, self.stages[0], reporter, (0.0, 1.0), timings)
+        expected_error = None
+        if self.error_model is not None and signals:
+            expected_error = self.error_model.expected_error(signals)
         landmarks = Landmarks(
             names=list(self.names),
             positions=final.positions,
             present=final.confidence >= self.confidence_threshold,
             confidence=final.confidence,
             descriptions=list(self.descriptions),
+            expected_error=expected_error,
         )
         timings["total"] = time.perf_counter() - started
         reporter.report("done", 1.0)
-        return Detection(landmarks, self.model_id, self.model_version, dict(timings), coarse_positions)
+        return Detection(landmarks, self.model_id, self.model_version, dict(timings), coarse_positions, signals)
+
+    def _signals(self, before: _Peaks, final: _Peaks) -> dict[str, np.ndarray]:
+        """Per-landmark reliability signals of a two-stage detection (see `uncertainty`)."""
+        residual = np.full(len(self.names), np.nan)
+        if len(self.mean_shape):
+            try:
+                residual = robust_shape_fit(self.mean_shape, final.positions, final.confidence).residuals
+            except ValueError:
+                pass  # fewer known points than a shape fit needs: the residual stays unknown
+        return {
+            "pass_shift_mm": np.linalg.norm(final.positions - before.positions, axis=1),
+            "shape_residual_mm": residual,
+            "confidence": final.confidence.copy(),
+        }
 
     def _whole_volume(self, volume: Volume, stage: dict, reporter: _Progress, span: tuple[float, float],
                       timings: dict[str, float]) -> _Peaks:
@@ -211,22 +238,24 @@ class Predictor:
         return _Peaks(selection.positions, selection.confidence)
 
     def _refine(self, volume: Volume, stage: dict, coarse: _Peaks, reporter: _Progress,
-                span: tuple[float, float], timings: dict[str, float]) -> _Peaks:
+                span: tuple[float, float], timings: dict[str, float]) -> tuple[_Peaks, _Peaks]:
         """Run `stage` in patches centred on the coarse positions, `passes` times, each pass centred
-        on the previous one's positions; each landmark from its own channel."""
+        on the previous one's positions; each landmark from its own channel. Returns the positions
+        before the last pass (the coarse ones with a single pass) and after it."""
         orientation = stage.get("orientation", self.orientation)
         direction = None if orientation == "shape-aligned" else stage_direction(volume, orientation)
         passes = int(stage.get("passes", 1))
         share = (span[1] - span[0]) / passes
         found, expected = coarse, None
         for number in range(passes):
+            before = found
             pass_span = (span[0] + number * share, span[0] + (number + 1) * share)
             if orientation == "shape-aligned":
                 centres, direction, expected = self._shape_aligned_start(found)
             else:
                 centres = found.positions
             found = self._refine_pass(volume, stage, centres, direction, expected, reporter, pass_span, timings)
-        return found
+        return before, found
 
     def _shape_aligned_start(self, found: _Peaks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patch centres, axes and expected positions of a shape-aligned pass.

@@ -32,7 +32,7 @@ def validate_manifest(manifest: object, source: str = "manifest.json") -> None:
 
 def _semantic_problem(manifest: dict, source: str) -> str | None:
     for check in (_architecture_problem, _landmarks_problem, _intensity_problem, _stages_problem,
-                  _created_problem):
+                  _uncertainty_problem, _created_problem):
         problem = check(manifest)
         if problem:
             return sentence(source, problem)
@@ -98,6 +98,18 @@ def _stages_problem(manifest: dict) -> tuple[str, str] | None:
                                                 "landmarks")
         if sum(point is not None for point in shape) < MIN_FIT_POINTS:
             return "preprocessing.mean_shape", f"needs at least {MIN_FIT_POINTS} points"
+    return None
+
+
+def _uncertainty_problem(manifest: dict) -> tuple[str, str] | None:
+    uncertainty = manifest.get("uncertainty")
+    if uncertainty is None:
+        return None
+    if len(manifest["preprocessing"]["stages"]) != 2:
+        return "uncertainty", "needs a two-stage model (its signals come from the fine stage)"
+    expected = len(uncertainty["features"]) + 1
+    if len(uncertainty["coefficients"]) != expected:
+        return "uncertainty.coefficients", f"must hold {expected} numbers (an intercept and one per feature)"
     return None
 
 
