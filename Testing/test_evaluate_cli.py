@@ -219,3 +219,33 @@ def test_cli_runs_a_real_model_package_on_a_generic_dataset(tmp_path, capsys):
                  "--out", str(tmp_path / "detect_report")]) == 0
     rows = read_rows(tmp_path / "detect_report" / "per_case.csv")
     assert [row["case"] for row in rows] == ["right"] and float(rows[0]["seconds"]) > 0
+
+
+def test_baseline_table_and_folder_go_beside_the_model(files, capsys):
+    table = files / "errors.csv"
+    rows = ["run,case,landmark,error_mm"]
+    rows += [f"r1,alpha,{name},2.0" for name in NAMES] + [f"r2,alpha,{name},4.0" for name in NAMES]
+    rows += [f"r1,beta,{name},1.0" for name in NAMES] + [f"r1,delta,{name},9.0" for name in NAMES]
+    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    report = files / "report"
+    assert main(["evaluate", "--predictions", str(files / "predictions"), "--truth", str(files / "truth"),
+                 "--out", str(report), "--baseline", str(table), "--baseline-name", "MALPACA", "--name", "ours"]) == 0
+    assert "MRE 2.000 mm against 2.000 mm (ratio 1.00)" in capsys.readouterr().out
+    per_case = {row["case"]: row for row in read_rows(report / "comparison_per_case.csv")}
+    assert set(per_case) == {"alpha", "beta"}
+    assert per_case["alpha"]["MALPACA_mm"] == "3.0" and per_case["alpha"]["better"] == "ours"
+    assert per_case["beta"]["ratio"] == "3.0" and per_case["beta"]["better"] == "MALPACA"
+    assert "| cases won | 1 | 1 | |" in (report / "comparison.md").read_text(encoding="utf-8")
+
+    assert main(["evaluate", "--predictions", str(files / "predictions"), "--truth", str(files / "truth"),
+                 "--out", str(report), "--overwrite", "--baseline", str(table), "--baseline-runs", "r2"]) == 0
+    assert "Beside errors on the same 1 cases: MRE 1.000 mm against 4.000 mm" in capsys.readouterr().out
+
+    other = files / "other"
+    write_landmarks(other / "alpha.mrk.json", landmarks(0.5))
+    assert main(["evaluate", "--predictions", str(files / "predictions"), "--truth", str(files / "truth"),
+                 "--out", str(report), "--overwrite", "--baseline", str(other)]) == 0
+    assert "Beside other on the same 1 cases: MRE 1.000 mm against 0.500 mm (ratio 2.00)" in capsys.readouterr().out
+    assert main(["evaluate", "--predictions", str(files / "predictions"), "--truth", str(files / "truth"),
+                 "--out", str(report), "--overwrite", "--baseline", str(table), "--baseline-runs", "r9"]) == 2
+    assert "has no run 'r9'" in capsys.readouterr().err

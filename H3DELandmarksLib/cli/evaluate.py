@@ -18,6 +18,12 @@ mode, beside or inside the truth folder.
 Errors are also given in voxels of the median voxel spacing, taken from the volumes (in the first
 mode: ``--voxel-mm``, or the headers of a ``volumes`` folder beside the truth folder). SDR
 thresholds default to `default_thresholds` of that spacing (clinical 2/2.5/3/4 mm when unknown).
+
+``--baseline`` puts another method beside the model on the same cases and landmarks: a second
+predictions folder (scored against the same truth) or an error table such as
+``../shared/data/mouse_ct_atlas/baselines/malpaca_errors.csv`` (``--baseline-runs`` keeps some
+of its runs); the report gains ``comparison.md``, per-case and per-landmark CSV tables and a
+per-landmark plot of both methods (`training.comparison`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from ..data.volume_io import volume_format
 from ..errors import H3DEError, LandmarkFileError, VolumeError
 from .model_options import add_model_options, predictor_from_args
 from ..training.evaluation import PLOTS_SKIPPED, check_report_folder, write_report
+from ..training.comparison import compare, method_errors, read_error_table, write_comparison
 from ..training.metrics import CLINICAL_THRESHOLDS_MM, default_thresholds, evaluate_cases, threshold_rule
 
 PREDICTION_SUFFIX = ".mrk.json"
@@ -69,6 +76,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cases", metavar="SELECTION", help="comma-separated case names or cases.csv values")
     parser.add_argument("--thresholds", type=_thresholds, metavar="MM,...", help="SDR thresholds in mm")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    baseline = parser.add_argument_group("compare with a baseline")
+    baseline.add_argument("--name", metavar="NAME",
+                          help="the evaluated method's name beside the baseline (default: predictions folder or model)")
+    baseline.add_argument("--baseline", type=Path, metavar="DIR|CSV",
+                          help="predictions folder or error table (case, landmark, error_mm[, run]) of another method")
+    baseline.add_argument("--baseline-name", metavar="NAME", help="the baseline's name in the report (default: its file)")
+    baseline.add_argument("--baseline-runs", metavar="RUN,...", help="runs (or references) of the error table to average")
     parser.set_defaults(func=run)
 
 
@@ -92,9 +106,17 @@ def run(args: argparse.Namespace) -> int:
             "Evaluated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, h3de {__version__}",
         }
     )
+    baseline = _baseline(args, pairs, thresholds, voxel_mm) if args.baseline else None
     written = write_report(result, args.out, provenance, seconds, overwrite=args.overwrite)
     sdr = ", ".join(f"{t:g} mm {100 * v:.1f} %" for t, v in result.sdr.items())
     print(f"MRE {result.mre_mm:.3f} ± {result.sd_mm:.3f} mm over {len(pairs)} cases; SDR {sdr}.")
+    if baseline is not None:
+        name = args.name or (args.predictions.name if comparing else str(args.model))
+        comparison = compare(method_errors(result, name), baseline)
+        written += write_comparison(comparison, args.out, overwrite=args.overwrite)
+        ours, theirs = comparison.mre(comparison.model), comparison.mre(comparison.baseline)
+        print(f"Beside {baseline.name} on the same {len(comparison.model.case_names)} cases: "
+              f"MRE {ours:.3f} mm against {theirs:.3f} mm (ratio {ours / theirs:.2f}).")
     if not any(path.suffix == ".png" for path in written):
         print(PLOTS_SKIPPED, file=sys.stderr)
     print(f"Report written to {args.out}.")
@@ -163,6 +185,23 @@ def _run_model(args: argparse.Namespace):
         "Timing": "seconds of the prediction call per case, volume already read (the first includes warm-up)",
     }
     return pairs, seconds, float(np.median(spacings)), provenance
+
+
+def _baseline(args: argparse.Namespace, pairs: dict, thresholds: tuple[float, ...], voxel_mm: float | None):
+    """The baseline's errors: a predictions folder scored against the same truth, or an error table."""
+    path = args.baseline
+    name = args.baseline_name or (path.name[: -len(".csv")] if path.name.endswith(".csv") else path.name)
+    runs = [item.strip() for item in args.baseline_runs.split(",") if item.strip()] if args.baseline_runs else None
+    if path.is_file():
+        return read_error_table(path, name, runs)
+    folder = _folder(path, "--baseline")
+    if runs:
+        raise H3DEError("--baseline-runs applies to an error table, not a predictions folder.")
+    scored = {case: (read_landmarks(folder / f"{case}{PREDICTION_SUFFIX}"), truth) for case, (_, truth) in pairs.items()
+              if (folder / f"{case}{PREDICTION_SUFFIX}").is_file()}
+    if not scored:
+        raise H3DEError(f"{folder} holds no prediction for any evaluated case.")
+    return method_errors(evaluate_cases(scored, thresholds, voxel_mm), name)
 
 
 def _selected(cases: list[str], selection: str | None, table: dict[str, dict[str, str]]) -> list[str]:

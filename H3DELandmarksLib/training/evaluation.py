@@ -54,9 +54,9 @@ def write_report(
     summary = summary_markdown(result, provenance or {}, seconds_per_case, plots_drawn=plots is not None)
     contents: dict[str, bytes] = {
         "summary.md": summary.encode("utf-8"),
-        "per_landmark.csv": _csv_bytes(per_landmark_rows(result)),
-        "per_case.csv": _csv_bytes(per_case_rows(result, seconds_per_case)),
-        "errors.csv": _csv_bytes(error_rows(result)),
+        "per_landmark.csv": csv_bytes(per_landmark_rows(result)),
+        "per_case.csv": csv_bytes(per_case_rows(result, seconds_per_case)),
+        "errors.csv": csv_bytes(error_rows(result)),
         **(plots or {}),
     }
     return [atomic_write_bytes(folder / name, data, overwrite=overwrite) for name, data in contents.items()]
@@ -246,8 +246,8 @@ def _plots(result: EvaluationResult) -> dict[str, bytes] | None:
     except ImportError:
         return None
     return {
-        "error_per_landmark.png": _png(_error_per_landmark_figure(Figure, result)),
-        "detection_rate.png": _png(_detection_rate_figure(Figure, result)),
+        "error_per_landmark.png": png_bytes(_error_per_landmark_figure(Figure, result)),
+        "detection_rate.png": png_bytes(_detection_rate_figure(Figure, result)),
     }
 
 
@@ -307,7 +307,7 @@ def _detection_rate_figure(figure_class, result: EvaluationResult):
     return figure
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
@@ -322,7 +322,7 @@ def _sort_key(value: float) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-def _csv_bytes(rows: list[dict[str, object]]) -> bytes:
+def csv_bytes(rows: list[dict[str, object]]) -> bytes:
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
