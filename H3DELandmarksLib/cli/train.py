@@ -8,6 +8,8 @@ set and weights). The output folder keeps the checkpoint (after every epoch), th
 log, the case cache and, at the end, the model package in ``OUT/package``. `--max-minutes` stops
 cleanly with a checkpoint and `--resume` continues exactly where the run stopped, with the recipe
 in ``OUT/recipe.json``.
+Under ``torchrun --nproc-per-node N -m H3DELandmarksLib.cli.main train ...`` the N processes train
+one model with DistributedDataParallel; rank 0 alone prints and writes files.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..json_document import read_json_document
 from ..registry.resolve import resolve_model
 from ..training.cache import CaseCache
 from ..training.config import TrainingConfig, TrainingConfigError, parse_training_config
+from ..training.distributed import is_main_process
 from ..training.initialization import InitialModel, fine_tuning_recipe, load_initial_model
 from ..training.loop import CACHE_DIR, train
 from ..training.recipe import derive_recipe, merge_recipe, model_id_for, summarize_data
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
                    max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
                    progress=not args.no_progress, command=_command(args, file, output, args.resume),
                    initial=initial)
+    if not is_main_process():
+        return 0
     metrics = ", ".join(f"{stage} {values['val_mre_mm']:.3g} mm" for stage, values in result.metrics.items()
                         if "val_mre_mm" in values)
     if result.finished:
@@ -109,7 +114,7 @@ def _configuration(args: argparse.Namespace, file: Path | None, output: Path
         if overrides is not None:
             raw = merge_recipe(raw, overrides)
     config = parse_training_config(raw, str(file) if file else "the derived recipe")
-    if not args.resume and (args.overwrite or not recorded.exists()):
+    if is_main_process() and not args.resume and (args.overwrite or not recorded.exists()):
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(recorded, json.dumps(raw, indent=2) + "\n", overwrite=True)
     return config, initial

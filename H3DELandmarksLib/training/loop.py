@@ -10,6 +10,10 @@ weights from (seed, stage), so a run resumed from a checkpoint (written after ev
 when `max_minutes` runs out, mid-epoch) continues bit-exactly on the same device and thread
 count as if it had never stopped (on a GPU, up to its non-deterministic kernels).
 
+Several processes started by torchrun train one model with DistributedDataParallel (see
+`distributed`): the same global batch, schedule and sample seeds; rank 0 validates and writes
+every file; a checkpoint resumes with any number of processes.
+
 Resuming a finished run writes its package again, from the same weights, with the inference-only
 stage settings of the configuration it is given (see `StageConfig`).
 
@@ -42,6 +46,7 @@ from ..registry.package import remove_directory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import StageConfig, TrainingConfig, TrainingConfigError
 from .data import TrainingData
+from .distributed import DistributedContext, distributed_context
 from .initialization import InitialModel
 from .losses import adaptive_wing_loss, hnm_heatmap_loss, proposal_loss, weighted_mse_loss
 from .packaging import build_manifest, write_trained_package
@@ -91,41 +96,55 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
         progress: show tqdm progress bars.
         command: recorded in the manifest (the command line; the CLI passes its own).
         initial: the model a fine-tuning run starts from (its stage weights and mean shape).
+
+    Under torchrun (or in a process group the caller initialised) every process calls this with
+    the same arguments; see `distributed`.
     """
     started = time.monotonic()
     deadline = None if max_minutes is None else started + 60.0 * max_minutes
     output = Path(output_dir)
-    checkpoint_path = output / CHECKPOINT_FILE
-    state = _initial_state(config, checkpoint_path, resume, overwrite)
-    if overwrite and not resume:
-        for stale in (checkpoint_path, output / LOG_FILE, output / PACKAGE_DIR):
-            if stale.is_file():
-                stale.unlink()
-            elif stale.is_dir():
-                remove_directory(stale)
     set_threads(threads)
     if threads is not None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    torch_device = resolve_device(device)
-    names = state["landmarks"]["names"] if state else None
-    descriptions = state["landmarks"]["descriptions"] if state else None
-    data = TrainingData(config, output / CACHE_DIR, data_root, names, descriptions,
-                        None if initial is None else initial.mean_shape)
-    if state is None:
-        state = _fresh_state(config, data, initial)
-    while state["stage_index"] < len(config.stages):
-        trainer = _StageTrainer(config, state, data, torch_device, output, progress)
-        if not trainer.run(deadline):
-            return TrainingResult(False, output, None, state["metrics"])
-    package = output / PACKAGE_DIR
-    if resume or not package.exists():
-        manifest = build_manifest(
-            config, data.names, data.descriptions, state["metrics"], data.provenance(), command,
-            {"device": str(torch_device), "seconds": round(state["elapsed_s"], 1), "seed": config.seed},
-            data.mean_shape if config.shape_aligned else None,
-        )
-        write_trained_package(package, manifest, state["best"], overwrite=True)
+    with distributed_context(resolve_device(device)) as (context, torch_device):
+        state = _initial_state(config, output / CHECKPOINT_FILE, resume, overwrite)
+        with context.main_first():
+            if context.is_main and overwrite and not resume:
+                _remove_run(output)
+            names = state["landmarks"]["names"] if state else None
+            descriptions = state["landmarks"]["descriptions"] if state else None
+            data = TrainingData(config, output / CACHE_DIR, data_root, names, descriptions,
+                                None if initial is None else initial.mean_shape)
+        if context.world_size > 1:
+            for case in context.share(data.train_cases + data.validation_cases):
+                data.case(case)
+            context.barrier()
+        if state is None:
+            state = _fresh_state(config, data, initial)
+        while state["stage_index"] < len(config.stages):
+            trainer = _StageTrainer(config, state, data, torch_device, output, progress and context.is_main, context)
+            if not trainer.run(deadline):
+                return TrainingResult(False, output, None, state["metrics"])
+        package = output / PACKAGE_DIR
+        with context.main_first():
+            if context.is_main and (resume or not package.exists()):
+                manifest = build_manifest(
+                    config, data.names, data.descriptions, state["metrics"], data.provenance(), command,
+                    {"device": str(torch_device), "seconds": round(state["elapsed_s"], 1), "seed": config.seed,
+                     "processes": context.world_size},
+                    data.mean_shape if config.shape_aligned else None,
+                )
+                write_trained_package(package, manifest, state["best"], overwrite=True)
     return TrainingResult(True, output, package, state["metrics"])
+
+
+def _remove_run(output: Path) -> None:
+    """Delete the checkpoint, log and package of an earlier run in `output`."""
+    for stale in (output / CHECKPOINT_FILE, output / LOG_FILE, output / PACKAGE_DIR):
+        if stale.is_file():
+            stale.unlink()
+        elif stale.is_dir():
+            remove_directory(stale)
 
 
 def _initial_state(config: TrainingConfig, path: Path, resume: bool, overwrite: bool) -> dict | None:
@@ -171,9 +190,9 @@ class _StageTrainer:
     """Trains the stage ``state["stage_index"]`` from wherever `state` left it."""
 
     def __init__(self, config: TrainingConfig, state: dict, data: TrainingData, device: torch.device,
-                 output: Path, progress: bool) -> None:
+                 output: Path, progress: bool, context: DistributedContext) -> None:
         self.config, self.state, self.data, self.device = config, state, data, device
-        self.output, self.show_progress = output, progress
+        self.output, self.show_progress, self.context = output, progress, context
         self.index = state["stage_index"]
         self.stage: StageConfig = config.stages[self.index]
         self.progress = state["progress"]
@@ -182,6 +201,7 @@ class _StageTrainer:
         if self.stage.name in state["networks"]:
             self.net.load_state_dict(state["networks"][self.stage.name])
         self.net.to(device)
+        self.model = context.wrap(self.net, device)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.stage.lr,
                                            weight_decay=self.stage.weight_decay)
         if state["optimizer"] is not None:
@@ -205,8 +225,8 @@ class _StageTrainer:
 
     def run(self, deadline: float | None) -> bool:
         """Train until the stage ends (True) or the deadline passes (False); checkpoints either way."""
-        validation = self._validation_samples()
-        if not validation:
+        validation = self._validation_samples() if self.context.is_main else []
+        if not self.context.from_main(len(validation)):
             raise TrainingConfigError(
                 f"The validation cases give no {self.stage.name}-stage patches (no present landmarks).")
         clock = time.monotonic()
@@ -225,7 +245,7 @@ class _StageTrainer:
                     self.progress["global_step"] += 1
                     bar.update()
                     bar.set_postfix(loss=f"{self.progress['loss_sum'] / self.progress['loss_count']:.4f}")
-                    if deadline is not None and time.monotonic() > deadline:
+                    if deadline is not None and self.context.any(time.monotonic() > deadline, self.device):
                         self._save(clock)
                         return False
             finished = self._end_epoch(validation)
@@ -234,24 +254,31 @@ class _StageTrainer:
                 return True
 
     def _train_step(self, order: list[str], epoch: int) -> tuple[float, int]:
+        """One optimiser step on the global batch; returns its mean loss and size.
+
+        With several processes each takes its share of the batch, its loss weighted by that
+        share (a rank left without a sample runs the batch's first with weight 0, so that every
+        rank joins the gradient exchange)."""
         first = self.progress["step"] * self.stage.batch_size
         numbers = range(first, min(first + self.stage.batch_size, self.samples_per_epoch))
+        mine = self.context.share(numbers)
+        weight = len(mine) * self.context.world_size / len(numbers)
         samples = [self.sampler.training_sample(*self.data.case(order[number]),
                                                 np.random.default_rng([self.config.seed, self.index, epoch, number]))
-                   for number in numbers]
+                   for number in mine or numbers[:1]]
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.progress["global_step"])
-        self.net.train()
+        self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            output = self.net(_batch(samples, self.device))
+            output = self.model(_batch(samples, self.device))
         loss = self._loss(output.float(), samples)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * weight).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.stage.gradient_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss.detach()), len(samples)
+        return self.context.mean(float(loss.detach()), len(mine), self.device), len(numbers)
 
     def _lr(self, step: int) -> float:
         """Linear warm-up to lr, then cosine decay to lr x min_lr_fraction."""
@@ -324,14 +351,15 @@ class _StageTrainer:
         """Validate, log, keep the best weights; True when the stage is over."""
         progress = self.progress
         validation_started = time.monotonic()
-        val_loss, val_mre = self._validate(validation)
+        val_loss, val_mre = self.context.from_main(self._validate(validation) if self.context.is_main else None)
         seconds = progress["seconds"] + time.monotonic() - validation_started
         train_loss = progress["loss_sum"] / max(1, progress["loss_count"])
         row = {"epoch": progress["epoch"] + 1, "stage": self.stage.name, "train_loss": f"{train_loss:.6g}",
                "val_loss": f"{val_loss:.6g}", "val_mre_mm": f"{val_mre:.4g}",
                "lr": f"{self.optimizer.param_groups[0]['lr']:.3g}", "seconds": f"{seconds:.1f}"}
         self.state["log"].append(row)
-        _write_log(self.output / LOG_FILE, self.state["log"])
+        if self.context.is_main:
+            _write_log(self.output / LOG_FILE, self.state["log"])
         if self.show_progress:
             tqdm.write(f"{self.stage.name} epoch {row['epoch']}/{self.stage.epochs}: train loss {row['train_loss']}, "
                        f"validation loss {row['val_loss']}, MRE {row['val_mre_mm']} mm")
@@ -368,7 +396,8 @@ class _StageTrainer:
             state["networks"][self.stage.name] = {key: value.detach().cpu()
                                                   for key, value in self.net.state_dict().items()}
             state.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict())
-        save_checkpoint(self.output / CHECKPOINT_FILE, state)
+        if self.context.is_main:
+            save_checkpoint(self.output / CHECKPOINT_FILE, state)
         return now
 
 
