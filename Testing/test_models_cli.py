@@ -39,7 +39,6 @@ def models(tmp_path, monkeypatch):
     ]
     (registry_dir / "models.json").write_text(json.dumps({"models": entries}), encoding="utf-8")
     monkeypatch.setenv("H3DE_REGISTRY", str(registry_dir / "models.json"))
-    monkeypatch.setattr(cli_main, "SUBCOMMAND_MODULES", ["models"])
     yield tmp_path / "cache"
     httpd.shutdown()
     httpd.server_close()

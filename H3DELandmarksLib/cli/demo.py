@@ -19,9 +19,9 @@ from .model_options import add_model_options, predictor_from_args
 DEFAULT_MODEL = "phantom"
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, summary: str) -> None:
     parser = subparsers.add_parser(
-        "demo", help="detect landmarks on a generated CT phantom and print the error of each",
+        "demo", help=summary,
         description="Draw a CT head phantom, detect its landmarks and print each one's error against the truth.")
     parser.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
     add_model_options(parser, default_model=DEFAULT_MODEL)

@@ -61,11 +61,11 @@ class CaseResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Register the `detect` sub-command."""
     parser = subparsers.add_parser(
         "detect",
-        help="detect landmarks in volumes and write .mrk.json, CSV and JSON files",
+        help=summary,
         description="Detect a model's landmarks in volume files, DICOM folders, folders of volumes and globs.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",

@@ -54,11 +54,11 @@ TIMING_FILE = "timing.csv"
 MMLD_VOLUME_PATTERN = "*_volume.nrrd"
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Register the `evaluate` sub-command."""
     parser = subparsers.add_parser(
         "evaluate",
-        help="score predicted landmarks against truth (MRE, SDR, absent landmarks) into a report",
+        help=summary,
         description=(
             "Score landmark predictions against truth and write summary.md, CSV tables and PNG plots. "
             "Either compare prediction files with truth files (--predictions, --truth) or run a model "

@@ -10,9 +10,9 @@ from ..errors import H3DEError
 MMLD_NAMES = ["L0", "La", "Lb", "Lc", "Ld", "Le", "Lf", "R0", "Ra", "Rb", "Rc", "Rd", "Re", "Rf"]
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, summary: str) -> None:
     parser = subparsers.add_parser(
-        "import-checkpoint", help="turn a published checkpoint into a model package",
+        "import-checkpoint", help=summary,
         description="Import a published BiFormer_Unet / PBiFormer_Unet checkpoint (loaded weights-only) "
                     "as a model package (manifest.json + model.safetensors).")
     parser.add_argument("checkpoint", type=Path, help="the .pth/.pt checkpoint file")

@@ -18,11 +18,11 @@ from ..data.volume_io import SUPPORTED, choose_dicom_series, read_dicom_series, 
 from ..errors import VolumeError
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Register the `info` sub-command."""
     parser = subparsers.add_parser(
         "info",
-        help="show size, spacing, origin, direction and intensity range of volumes",
+        help=summary,
         description="Show the size, spacing, origin, direction (LPS) and intensity range of volumes.",
     )
     parser.add_argument(

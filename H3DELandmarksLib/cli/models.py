@@ -21,10 +21,10 @@ from ..registry.resolve import BUNDLED, NOT_DOWNLOADED
 MODEL_HELP = 'model id (newest version) or "ID@VERSION"'
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, summary: str) -> None:
     """Register `h3de models` and its actions."""
     parser = subparsers.add_parser(
-        "models", help="list, show, download, verify and remove models",
+        "models", help=summary,
         description="Manage the landmark models: the registry lists them, downloads go to a local cache.",
     )
     common = argparse.ArgumentParser(add_help=False)

@@ -23,11 +23,11 @@ READY_PREFIX = "h3de serve: "
 SHOW_3D_CHOICES = {"auto": None, "on": True, "off": False}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Register the `serve` sub-command."""
     parser = subparsers.add_parser(
         "serve",
-        help="review and correct landmarks in a browser (needs the web extra)",
+        help=summary,
         description="Serve the browser review app: cases, slice views, detection, corrections, exports.",
     )
     parser.add_argument("inputs", nargs="*", metavar="VOLUME_OR_FOLDER",

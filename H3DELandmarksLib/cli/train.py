@@ -34,11 +34,11 @@ RECIPE_FILE = "recipe.json"
 COMPLETE_SECTIONS = ("model", "architecture", "preprocessing", "stages", "data")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Register the `train` sub-command."""
     parser = subparsers.add_parser(
         "train",
-        help="train a model (coarse and fine stages) from annotated data, a recipe file or a model to fine-tune",
+        help=summary,
         description="Train a model and write its model package to OUTPUT/package. With only --data, the recipe "
                     "is derived from the annotated cases.",
     )
