@@ -1,13 +1,15 @@
 """Atomic file writes: write to a temporary file beside the target, then rename over it.
 
 A reader never sees a half-written file, and an existing file is only replaced when the caller
-says so (a user's corrections are never overwritten silently).
+says so (a user's corrections are never overwritten silently). Temporary files and folders are
+created with the permissions the umask gives (`tempfile` makes them private, 0600 / 0700, and a
+rename keeps that), so colleagues and services can read results as they read any other file.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -24,14 +26,25 @@ def atomic_destination(path: str | os.PathLike, overwrite: bool = False, suffix:
     if path.exists() and not overwrite:
         raise H3DEError(f"{path} already exists; pass overwrite (--overwrite) to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
+    temporary = temporary_sibling(path, suffix)
     try:
-        yield Path(temporary)
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def temporary_sibling(path: str | os.PathLike, suffix: str, directory: bool = False) -> Path:
+    """Create a new empty file (or, with `directory`, folder) ``.NAME.RANDOM<suffix>`` beside
+    `path` with the umask's permissions; fails rather than reuse an existing name."""
+    path = Path(path)
+    candidate = path.with_name(f".{path.name}.{secrets.token_hex(8)}{suffix}")
+    if directory:
+        os.mkdir(candidate, 0o777)
+    else:
+        os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return candidate
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:

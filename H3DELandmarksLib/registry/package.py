@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from ..atomic import atomic_destination
+from ..atomic import atomic_destination, temporary_sibling
 from ..errors import ModelPackageError
 from ..model.config import H3DEConfig
 from .manifest import read_manifest, validate_manifest
@@ -116,11 +115,12 @@ def write_package(directory: str | os.PathLike, manifest: dict, state_dict: dict
     if directory.exists() and not overwrite:
         raise ModelPackageError(f"{directory} already exists; pass overwrite (--overwrite) to replace it.")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    building = _temporary_sibling(directory)
+    building = temporary_sibling(directory, ".tmp", directory=True)
     try:
         (building / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state_dict.items()}
-        save_file(tensors, building / WEIGHTS_FILE, metadata={"format": "pt"})
+        # Serialized in memory and written by Python: safetensors' own file writer creates 0600.
+        (building / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": "pt"}))
         _move_into_place(building, directory, overwrite)
     finally:
         shutil.rmtree(building, ignore_errors=True)
@@ -155,7 +155,7 @@ def unpack_package(zip_path: str | os.PathLike, directory: str | os.PathLike,
     if directory.exists() and not overwrite:
         raise ModelPackageError(f"{directory} already exists; pass overwrite (--overwrite) to replace it.")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    building = _temporary_sibling(directory)
+    building = temporary_sibling(directory, ".tmp", directory=True)
     try:
         with zipfile.ZipFile(zip_path) as archive:
             names = sorted(archive.namelist())
@@ -207,10 +207,6 @@ def _check_state_dict(state_dict: dict) -> None:
         if not isinstance(key, str) or not isinstance(value, torch.Tensor) or (
                 not value.is_floating_point() and value.dtype != torch.int64):
             raise ModelPackageError(f"State dict entry {key!r} is not a float (or int64 counter) tensor.")
-
-
-def _temporary_sibling(directory: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
 
 
 def _move_into_place(built: Path, directory: Path, overwrite: bool) -> None:
