@@ -14,8 +14,14 @@ int16 CTs at 0.5 mm (compressed NRRD), then runs `h3de detect` on each in a fres
 imports and model loading included) and reports wall time, the per-step times the command
 records, the number of coarse windows and fine patches, and the child's CPU time and peak
 resident memory (CPU seconds well below cores x wall seconds mean other processes shared the CPU).
+It first times the start-up of `h3de --version` against a bare `python -c pass`.
 
-    python bench/detect_bench.py [--device cpu] [--threads N] [--workdir DIR]
+With --competing-load, a busy process (one core spinning) runs beside every detection and each
+case is timed twice in the same run, with the default thread count and with --threads 1: the
+default must be no slower.
+
+    python bench/detect_bench.py [--device cpu] [--threads N] [--case NAME] [--competing-load]
+                                 [--repeat N] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -133,6 +140,29 @@ def run_detect(volume: Path, package: Path, out: Path, device: str, threads: int
             "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
+def startup_seconds(command: list[str], repeat: int = 5) -> float:
+    """Median wall time of `command` in a fresh process."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def busy_process() -> subprocess.Popen:
+    """A process that keeps one core busy until it is stopped (it was running 1 s before return)."""
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(1.0)
+    return child
+
+
+def median_run(repeat: int, *args) -> dict:
+    """The run of median wall time among `repeat` runs of `run_detect(*args)`."""
+    runs = sorted((run_detect(*args) for _ in range(repeat)), key=lambda result: result["wall_s"])
+    return runs[len(runs) // 2]
+
+
 def report(name: str, result: dict) -> str:
     """Lines describing one run."""
     events = result["events"]
@@ -155,9 +185,17 @@ def report(name: str, result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: h3de's)")
+    parser.add_argument("--case", action="append", choices=[case[0] for case in CASES],
+                        help="benchmark only this case (repeatable; default: all)")
+    parser.add_argument("--competing-load", action="store_true",
+                        help="run a busy process beside each detection; time the default and --threads 1")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per timing, the median reported")
     parser.add_argument("--workdir", type=Path, default=None, help="keep volumes and packages here")
     args = parser.parse_args()
+    bare = startup_seconds([sys.executable, "-c", "pass"])
+    version = startup_seconds([sys.executable, "-m", "H3DELandmarksLib.cli.main", "--version"])
+    print(f"start-up: h3de --version {version:.2f} s, bare python {bare:.2f} s (median of 5)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="h3de-detect-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -167,12 +205,26 @@ def main() -> None:
                   + "; ".join(f"{s['name']} {s['spacing_mm'][0]} mm {'x'.join(map(str, s['patch_size']))}"
                               for s in stages))
         for name, model, size, spacing, dtype, intensity in CASES:
+            if args.case and name not in args.case:
+                continue
             volume = workdir / f"{name}.nrrd"
             if not volume.exists():
                 write_synthetic_volume(volume, size, spacing, dtype, intensity)
             package = build_package(workdir / model, model, intensity)
-            result = run_detect(volume, package, workdir / "out", args.device, args.threads)
-            print(report(name, result), flush=True)
+            if not args.competing_load:
+                result = median_run(args.repeat, volume, package, workdir / "out", args.device, args.threads)
+                print(report(name, result), flush=True)
+                continue
+            load = busy_process()
+            try:
+                default = median_run(args.repeat, volume, package, workdir / "out", args.device, None)
+                single = median_run(args.repeat, volume, package, workdir / "out", args.device, 1)
+            finally:
+                load.kill()
+                load.wait()
+            print(report(f"{name}, one busy process beside it, default threads", default))
+            print(report(f"{name}, one busy process beside it, --threads 1", single))
+            print(f"{name}: default / --threads 1 under load = {default['wall_s'] / single['wall_s']:.2f}", flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

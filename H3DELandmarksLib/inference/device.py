@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -61,3 +62,27 @@ def set_threads(threads: int | None) -> None:
     if threads < 1:
         raise H3DEError(f"The thread count must be at least 1, not {threads}.")
     torch.set_num_threads(int(threads))
+
+
+def default_threads() -> int:
+    """CPU threads for inference when the user names none: PyTorch's own choice (one per core),
+    less the cores other processes keep busy, at least 1.
+
+    PyTorch's threads wait for each other at every operator, so one of them sharing its core with
+    another busy process slows all of them down: on two cores with one other busy process, two
+    threads took 16 s where one took 10 s. Busy cores are the 1-minute load average, or the
+    processes running right now (Linux, without this one) when that is higher: the average lags
+    a process that just started.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = max(os.getloadavg()[0], running_processes() - 1) if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(torch.get_num_threads(), cores, round(cores - busy)))
+
+
+def running_processes() -> int:
+    """Processes running or ready to run right now, this one included (0 where unknown)."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as stream:
+            return int(stream.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -39,7 +39,7 @@ from ..model.config import H3DEConfig
 from ..model.decoding import decode_heatmaps, decode_proposals
 from ..model.heatmap_grid import squared_distances
 from ..registry.manifest import validate_manifest
-from .device import precision_context, resolve_device, set_threads
+from .device import default_threads, precision_context, resolve_device, set_threads
 from .preprocessing import IntensityMap, extract_patch, grid_window_centre, stage_direction, stage_grid
 from .tiling import PeakSelection, group_landmarks, plan_windows
 from .uncertainty import ErrorModel
@@ -109,7 +109,7 @@ class Predictor:
             proposals (B, X/4, Y/4, Z/4, A, 3 + L); ``net.output_stride`` is s.
         manifest: the package manifest (validated here): landmarks, preprocessing, threshold.
         device: "auto" (cuda, mps, cpu), "cuda", "mps" or "cpu".
-        threads: CPU threads for PyTorch (None: PyTorch's default).
+        threads: CPU threads for PyTorch (None: `default_threads()`, the cores not kept busy).
         confidence_threshold: overrides the manifest's threshold below which a landmark is absent.
         batch_size: patches per forward pass (default: 1 on CPU, 4 on a GPU).
     """
@@ -118,7 +118,7 @@ class Predictor:
                  threads: int | None = None,
                  confidence_threshold: float | None = None, batch_size: int | None = None) -> None:
         validate_manifest(manifest)
-        set_threads(threads)
+        set_threads(default_threads() if threads is None else threads)
         self.device = resolve_device(device)
         self.manifest = manifest
         stages = [stage["name"] for stage in manifest["preprocessing"]["stages"]]
