@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from H3DELandmarksLib.model.decoding import decode_heatmaps, decode_proposals
+from H3DELandmarksLib.model.decoding import decode_heatmaps, decode_proposals, voxel_of
 
 
 def gaussian_heatmaps(centres, grid, sigmas, peak=1.0, background=0.0):
@@ -73,3 +73,10 @@ def test_proposal_decoding_returns_the_medoid_of_top_proposals():
     assert np.linalg.norm(coords[0].numpy() - target) < 1e-3
     assert abs(confidence[0].item() - torch.sigmoid(torch.tensor(6.0)).item()) < 1e-6
     assert abs(confidence[1].item() - torch.sigmoid(torch.tensor(3.0)).item()) < 1e-6
+
+
+def test_flat_indices_map_to_their_voxels_on_an_uneven_grid():
+    grid = [5, 7, 3]
+    index = torch.arange(5 * 7 * 3)
+    expected = np.stack(np.unravel_index(index.numpy(), grid), axis=1)
+    np.testing.assert_array_equal(voxel_of(index, grid).numpy(), expected)

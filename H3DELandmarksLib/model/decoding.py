@@ -34,7 +34,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, stride: int = 1, peak_value: float =
     else:
         index = _climb_to_local_maximum(heatmaps, (flat.clamp(min=0) * peak_weights.reshape(n, -1).to(flat)).argmax(1))
         peak = flat.gather(1, index[:, None])[:, 0]
-    centre = torch.stack(torch.unravel_index(index, grid), dim=1)
+    centre = voxel_of(index, grid)
     offsets = []
     rows = torch.arange(n, device=heatmaps.device)
     for axis in range(3):
@@ -48,6 +48,13 @@ def decode_heatmaps(heatmaps: torch.Tensor, stride: int = 1, peak_value: float =
     coordinates = (centre.float() + torch.stack(offsets, dim=1)) * stride
     confidence = (peak / peak_value).clamp(0.0, 1.0)
     return coordinates, confidence
+
+
+def voxel_of(index: torch.Tensor, grid: list[int]) -> torch.Tensor:
+    """(L, 3) voxel of each flat C-order index (L,) into a 3D `grid`. (`torch.unravel_index`
+    does the same but imports sympy on its first call: about a second of every detection.)"""
+    strides = torch.tensor([grid[1] * grid[2], grid[2], 1], device=index.device)
+    return index[:, None] // strides % torch.tensor(grid, device=index.device)
 
 
 def _climb_to_local_maximum(heatmaps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
