@@ -117,3 +117,32 @@ def test_cache_dir_defaults_to_the_environment(models, capsys, monkeypatch):
     monkeypatch.setenv("H3DE_CACHE_DIR", str(models))
     assert h3de(capsys, "models", "download", "remote-skull")[0] == 0
     assert ModelCache(models).has_package("remote-skull", "2.0.0")
+
+
+def test_show_and_verify_take_a_package_folder(models, tmp_path, capsys):
+    manifest = valid_manifest("folder-skull")
+    manifest["preprocessing"]["intensity"] = {"clip_min": -1000, "clip_max": 2000, "scale_min": 0, "scale_max": 1}
+    manifest["training"]["metrics"] = {
+        "fine": {"epochs_trained": 40, "best_epoch": 38, "validation_cases": 10, "training_cases": 200,
+                 "val_loss": 0.021309584971855988, "val_mre_mm": 0.9793597284486819},
+        "evaluation": {"data": "30 unseen phantoms", "mre_mm": 1.04, "mre_sd_mm": 0.33,
+                       "sdr_percent": {"2": 91.5, "4": 97.7}, "seconds_per_case": 0.5},
+    }
+    folder = write_package(tmp_path / "folder-skull", manifest, small_state_dict()).path
+    code, out, _ = h3de(capsys, "models", "show", str(folder))
+    assert code == 0
+    for expected in ("folder-skull@1.0.0: Test skull landmarks", "Status: package folder",
+                     "intensities clipped to [-1000, 2000], then mapped linearly onto [0, 1]",
+                     "Evaluation on 30 unseen phantoms: MRE 1.04 ± 0.33 mm; SDR 91.5 / 97.7 % at 2 / 4 mm; "
+                     "0.5 s per case",
+                     "fine: MRE 0.979 mm, loss 0.0213, best epoch 38 of 40, 10 validation / 200 training cases",
+                     f"Path: {folder}"):
+        assert expected in out
+    assert "0.97935" not in out
+    code, out, _ = h3de(capsys, "models", "verify", str(folder))
+    assert (code, out.strip()) == (0, f"{folder} is intact (package folder).")
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    code, _, err = h3de(capsys, "models", "verify", str(folder))
+    assert code == 1 and "cannot be read as safetensors" in err and "is damaged; write or download it again" in err
+    code, _, err = h3de(capsys, "models", "show", str(tmp_path / "missing"))
+    assert code == 2 and "is not a model package directory: it does not exist" in err

@@ -14,7 +14,7 @@ from .package import (
     unpack_package,
     write_package,
 )
-from .resolve import model_status, resolve_model
+from .resolve import model_status, package_folder, resolve_model
 from .verify import verify_model
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "load_registry",
     "model_status",
     "pack_package",
+    "package_folder",
     "parse_model_spec",
     "read_manifest",
     "read_package",

@@ -25,13 +25,11 @@ def model_status(entry: RegistryEntry, registry: Registry, cache: ModelCache) ->
     return NOT_DOWNLOADED
 
 
-def resolve_model(id_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                  registry: Registry | None = None) -> Path:
-    """The package directory for a path, ``"ID"`` (newest version) or ``"ID@VERSION"``.
+def package_folder(id_or_path: str | os.PathLike) -> Path | None:
+    """The absolute package directory `id_or_path` names, or None when it is a model id.
 
-    A path to a package directory is returned made absolute. A registered model resolves to its bundled
-    package, else to its verified package in the cache; nothing is downloaded (see
-    `download_model`), so this works offline.
+    A folder holding a manifest is a package; text that looks like a path (a separator, .zip)
+    but is not a package folder is an error naming what is missing.
     """
     path = Path(id_or_path).expanduser()
     if (path / MANIFEST_FILE).is_file():
@@ -40,6 +38,21 @@ def resolve_model(id_or_path: str | os.PathLike, cache_dir: str | os.PathLike | 
     if os.sep in text or "/" in text or path.suffix == ".zip":
         reason = f"{MANIFEST_FILE} is missing" if path.is_dir() else "it does not exist"
         raise ModelPackageError(f"{path} is not a model package directory: {reason}.")
+    return None
+
+
+def resolve_model(id_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                  registry: Registry | None = None) -> Path:
+    """The package directory for a path, ``"ID"`` (newest version) or ``"ID@VERSION"``.
+
+    A path to a package directory is returned made absolute. A registered model resolves to its bundled
+    package, else to its verified package in the cache; nothing is downloaded (see
+    `download_model`), so this works offline.
+    """
+    folder = package_folder(id_or_path)
+    if folder is not None:
+        return folder
+    text = str(id_or_path)
     cache = ModelCache.at(cache_dir)
     model_id, version = parse_model_spec(text)
     if version is not None and cache.has_package(model_id, version):
