@@ -9,10 +9,19 @@ import torch
 
 from builders_downloads import Handler
 from builders_models import small_state_dict, valid_manifest
+from H3DELandmarksLib.inference.device import default_threads
 from H3DELandmarksLib.registry import pack_package, write_package
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def cpu_threads():
+    """Each test starts with the PyTorch threads h3de itself picks (the cores other processes
+    leave free: on a shared 2-core machine two threads run ten times slower than one), and a test
+    that sets its own count does not pass it on."""
+    torch.set_num_threads(default_threads())
 
 
 @pytest.fixture(scope="session")

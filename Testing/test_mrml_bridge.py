@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import vtk
 
 from builders_blobs import COARSE, DIRECTIONS, FINE, blob_volume, heatmap_predictor, truth_positions, voxel_errors
 from builders_downloads import MODEL_ID, make_registry, serve
@@ -33,6 +32,7 @@ from H3DELandmarksLib.model.config import default_config
 from H3DELandmarksLib.model.network import H3DENet
 
 slicer = pytest.importorskip("slicer")
+import vtk  # noqa: E402 - comes with slicer-core
 
 from H3DELandmarksLib.mrml.corrections import apply_detection  # noqa: E402 - needs slicer
 from H3DELandmarksLib.cli.parent_guard import STDIN_CLOSED_STATUS  # noqa: E402

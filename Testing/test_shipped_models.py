@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.data.landmark_files import read_landmarks
@@ -28,7 +29,7 @@ def test_every_registry_entry_is_a_bundled_package_that_verifies():
 
 
 def test_demo_detects_the_phantom_landmarks(tmp_path, capsys):
-    assert main(["demo", "--seed", "7", "--out", str(tmp_path), "--threads", "2"]) == 0
+    assert main(["demo", "--seed", "7", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in
             {"nasion", "sella", "dens_tip", "menton"}]
@@ -38,9 +39,10 @@ def test_demo_detects_the_phantom_landmarks(tmp_path, capsys):
     assert written == ["phantom-7-truth.mrk.json", "phantom-7.csv", "phantom-7.mrk.json", "phantom-7.nrrd"]
 
 
+@pytest.mark.slow
 def test_mouse_model_finds_the_landmarks_of_a_held_out_exact_scan(shared_dir):
     root = shared_dir / "data" / "mouse_ct_atlas"
-    predictor = Predictor.from_model("mouse-skull-45", device="cpu", threads=2)
+    predictor = Predictor.from_model("mouse-skull-45", device="cpu")
     assert MOUSE_CASE in predictor.manifest["training"]["data"]["validation_cases"]
     assert MOUSE_CASE not in predictor.manifest["training"]["data"]["train_cases"]
     detection = predictor.predict(read_volume(root / "volumes" / f"{MOUSE_CASE}.nii.gz"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from H3DELandmarksLib.inference import device
 
@@ -15,7 +14,7 @@ def machine(monkeypatch):
     """Set the cores, PyTorch's own thread count, the load average and the running processes."""
     def describe(cores: int, torch_threads: int, load: float, running: int) -> None:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-        monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+        monkeypatch.setattr(device, "TORCH_THREADS", torch_threads)
         monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
         monkeypatch.setattr(device, "running_processes", lambda: running)
     return describe

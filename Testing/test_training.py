@@ -189,11 +189,12 @@ def trained(tmp_path_factory):
     """An uninterrupted run of the tiny configuration through `h3de train`."""
     folder = tmp_path_factory.mktemp("trained")
     config = write_config(folder, TINY)
-    status = main(["train", str(config), "--output", str(folder / "run"), "--no-progress", "--threads", "2"])
+    status = main(["train", str(config), "--output", str(folder / "run"), "--no-progress", "--threads", "1"])
     assert status == 0
     return folder / "run"
 
 
+@pytest.mark.slow
 def test_training_writes_the_log_and_a_package_of_two_networks(trained):
     rows = list(csv.DictReader(open(trained / "training_log.csv")))
     assert [(row["stage"], row["epoch"]) for row in rows] == [("coarse", "1"), ("coarse", "2"),
@@ -218,10 +219,11 @@ def test_training_writes_the_log_and_a_package_of_two_networks(trained):
     assert output.shape == (1, 12, 16, 16, 20)
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_exactly(trained, tmp_path, capsys):
     config = write_config(tmp_path, TINY)
     output = tmp_path / "run"
-    main(["train", str(config), "--output", str(output), "--no-progress", "--threads", "2", "--max-minutes", "0"])
+    main(["train", str(config), "--output", str(output), "--no-progress", "--threads", "1", "--max-minutes", "0"])
     assert "--resume" in capsys.readouterr().out
     assert not (output / "package").exists()
     with pytest.raises(CheckpointError, match="--resume"):
@@ -230,7 +232,7 @@ def test_resume_continues_bit_exactly(trained, tmp_path, capsys):
     changed["seed"] = 4
     with pytest.raises(CheckpointError, match="different training configuration"):
         train(parse_training_config(changed), output, resume=True, progress=False)
-    result = train(load_training_config(config), output, resume=True, threads=2, progress=False)
+    result = train(load_training_config(config), output, resume=True, threads=1, progress=False)
     assert result.finished
     uninterrupted = load_file(trained / "package" / "model.safetensors")
     resumed = load_file(output / "package" / "model.safetensors")
@@ -240,12 +242,13 @@ def test_resume_continues_bit_exactly(trained, tmp_path, capsys):
     assert logged == [row["val_loss"] for row in csv.DictReader(open(trained / "training_log.csv"))]
 
 
+@pytest.mark.slow
 def test_a_shape_aligned_fine_stage_ships_the_mean_shape_and_detects(tmp_path):
     raw = copy.deepcopy(TINY)
     for stage in raw["stages"]:
         stage.update(epochs=1, samples_per_epoch=1)
     raw["stages"][1].update(orientation="shape-aligned", passes=2, augmentation={"rotation_deg": 5})
-    result = train(parse_training_config(raw), tmp_path / "run", threads=2, progress=False)
+    result = train(parse_training_config(raw), tmp_path / "run", threads=1, progress=False)
     manifest = read_package(result.package).manifest
     fine = manifest["preprocessing"]["stages"][1]
     assert (fine["orientation"], fine["passes"]) == ("shape-aligned", 2)
@@ -263,7 +266,7 @@ def test_a_shape_aligned_fine_stage_ships_the_mean_shape_and_detects(tmp_path):
     changed = parse_training_config(raw)
     assert changed.sha256 == parse_training_config({**raw, "stages": [raw["stages"][0], {
         key: value for key, value in raw["stages"][1].items() if key not in ("passes", "shape_prior_mm")}]}).sha256
-    again = train(changed, tmp_path / "run", resume=True, threads=2, progress=False)
+    again = train(changed, tmp_path / "run", resume=True, threads=1, progress=False)
     fine = read_package(again.package).manifest["preprocessing"]["stages"][1]
     assert (fine["passes"], fine["shape_prior_mm"]) == (3, 1.5)
     assert all(torch.equal(weights[key], tensor) for key, tensor in load_file(again.package / "model.safetensors").items())

@@ -16,20 +16,24 @@ import json
 
 import numpy as np
 import pytest
-import slicer
-from trame.app import get_server
-from trame_slicer.core import SlicerApp
 
 from builders_blobs import COARSE, DIRECTIONS, FINE, blob_volume, heatmap_predictor, truth_positions
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.data.landmark_files import read_landmarks
 from H3DELandmarksLib.data.volume_io import write_volume
 from H3DELandmarksLib.errors import DetectionCancelled, H3DEError
-from H3DELandmarksLib.mrml.markups_node import point_position_lps
-from H3DELandmarksLib.mrml.volume_node import lps_to_ras
-from H3DELandmarksLib.web.cases import CaseList, review_files
-from H3DELandmarksLib.web.controller import ReviewController
-from H3DELandmarksLib.web.detection import BackgroundDetector
+
+slicer = pytest.importorskip("slicer")
+pytest.importorskip("trame_slicer", reason="the review app needs the web extra (pip install -e '.[web]')")
+
+from trame.app import get_server  # noqa: E402 - needs the web extra
+from trame_slicer.core import SlicerApp  # noqa: E402
+
+from H3DELandmarksLib.mrml.markups_node import point_position_lps  # noqa: E402 - needs slicer
+from H3DELandmarksLib.mrml.volume_node import lps_to_ras  # noqa: E402
+from H3DELandmarksLib.web.cases import CaseList, review_files  # noqa: E402
+from H3DELandmarksLib.web.controller import ReviewController  # noqa: E402
+from H3DELandmarksLib.web.detection import BackgroundDetector  # noqa: E402
 
 SHOWN = [0, 1, 2]  # landmark 3 has no ball: absent
 SERVERS = iter(range(10**6))

@@ -10,8 +10,10 @@ the server's state with the right screen-to-LPS directions, the downloads equal 
 beside the case and hold the same LPS positions, labels and review statuses, and the page made no
 request outside the server (offline-safe).
 
-Prerequisites (the test fails, not skips, without them; CI installs them): Debian packages
-``chromium libegl1 libgl1-mesa-dri`` and the Python packages ``playwright`` and ``trame-slicer``.
+Prerequisites (CI installs them): the Python packages ``playwright`` and ``trame-slicer`` (the
+test is skipped without them, as are the other tests of optional extras) and the Debian packages
+``chromium libegl1 libgl1-mesa-dri`` (the test fails without them). Marked ``browser``:
+``pytest -m "not browser"`` leaves it out.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ DRAG_PX = (60, 40)  # right, down
 PLACE_PX = (-40, -24)  # left, up, from the view centre
 OUTPUT_BIAS = [4.0, 4.0, -100.0]  # heatmap offsets: confidence 1, 1 and 0
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install -e '.[test]')")
+pytest.importorskip("trame_slicer", reason="the browser test needs trame-slicer (pip install -e '.[web]')")
+
 
 @dataclass
 class Server:
@@ -70,11 +76,6 @@ def require_prerequisites() -> None:
         missing.append(f"chromium at {CHROMIUM} (apt-get install chromium)")
     if ctypes.util.find_library("EGL") is None:
         missing.append("libEGL (apt-get install libegl1 libgl1-mesa-dri)")
-    for module, package in (("playwright.sync_api", "playwright"), ("trame_slicer", "trame-slicer")):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(f"{package} (pip install -e '.[test]')")
     if missing:
         pytest.fail("The browser test needs " + "; ".join(missing) + ".", pytrace=False)
 
