@@ -10,6 +10,7 @@ import torch
 from ..errors import H3DEError
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
+TORCH_THREADS = torch.get_num_threads()  # PyTorch's own choice, before anything set another
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -76,7 +77,7 @@ def default_threads() -> int:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     busy = max(os.getloadavg()[0], running_processes() - 1) if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(torch.get_num_threads(), cores, round(cores - busy)))
+    return max(1, min(TORCH_THREADS, cores, round(cores - busy)))
 
 
 def running_processes() -> int:
