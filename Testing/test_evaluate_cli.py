@@ -49,7 +49,7 @@ def test_report_files_hold_the_numbers_and_valid_plots(tmp_path):
     pairs = {"alpha": (landmarks(1.0), landmarks()), "beta": (landmarks(3.0, (True, False, True)), landmarks())}
     result = evaluate_cases(pairs, [2.0, 4.0], voxel_mm=0.5)
     written = write_report(result, tmp_path / "report", {"Model": "toy-model 1.0"}, {"alpha": 4.0})
-    assert sorted(path.name for path in written) == sorted(REPORT_FILES)
+    assert sorted(path.name for path in written) == sorted(set(REPORT_FILES) - {"calibration.png"})
 
     summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
     assert "MRE ± SD: 2.000 ± 1.000 mm" in summary
@@ -249,3 +249,22 @@ def test_baseline_table_and_folder_go_beside_the_model(files, capsys):
     assert main(["evaluate", "--predictions", str(files / "predictions"), "--truth", str(files / "truth"),
                  "--out", str(report), "--overwrite", "--baseline", str(table), "--baseline-runs", "r9"]) == 2
     assert "has no run 'r9'" in capsys.readouterr().err
+
+
+def test_reliability_section_ranks_big_errors_by_expected_error(tmp_path):
+    pytest.importorskip("matplotlib")
+    pairs = {}
+    for number, offset in enumerate([0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2, 2.0, 0.15, 0.25]):
+        predicted = landmarks(offset)
+        predicted.expected_error = np.full(3, offset * (1.5 if number % 2 else 0.8))
+        pairs[f"case{number}"] = (predicted, landmarks())
+    result = evaluate_cases(pairs, [0.5, 1.0])
+    written = write_report(result, tmp_path / "report", big_error_mm=0.5)
+    assert (tmp_path / "report" / "calibration.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert len(written) == len(REPORT_FILES)
+    summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
+    assert "Scored by expected error over 30 points; 12 errors above 0.5 mm." in summary
+    assert "- AUROC for errors above 0.5 mm: 0.958" in summary
+    assert "among the 10 % of points reviewed first: 25.0 %" in summary
+    without = evaluate_cases({"a": (landmarks(0.7), landmarks())}, [0.5])
+    assert "Does the model know" not in (write_report(without, tmp_path / "plain")[0]).read_text(encoding="utf-8")

@@ -75,6 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="report folder")
     parser.add_argument("--cases", metavar="SELECTION", help="comma-separated case names or cases.csv values")
     parser.add_argument("--thresholds", type=_thresholds, metavar="MM,...", help="SDR thresholds in mm")
+    parser.add_argument("--big-error-mm", type=_positive_mm, metavar="MM",
+                        help="error a reviewer must find, for the reliability section (default: largest SDR threshold)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     baseline = parser.add_argument_group("compare with a baseline")
     baseline.add_argument("--name", metavar="NAME",
@@ -107,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         }
     )
     baseline = _baseline(args, pairs, thresholds, voxel_mm) if args.baseline else None
-    written = write_report(result, args.out, provenance, seconds, overwrite=args.overwrite)
+    written = write_report(result, args.out, provenance, seconds, overwrite=args.overwrite,
+                           big_error_mm=args.big_error_mm)
     sdr = ", ".join(f"{t:g} mm {100 * v:.1f} %" for t, v in result.sdr.items())
     print(f"MRE {result.mre_mm:.3f} ± {result.sd_mm:.3f} mm over {len(pairs)} cases; SDR {sdr}.")
     if baseline is not None:

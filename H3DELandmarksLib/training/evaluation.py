@@ -5,6 +5,8 @@ Files written (each atomically; none replaced unless `overwrite`):
 - ``summary.md``: MRE ± SD (mm and voxels), SDR table, absent-landmark detection, per-landmark
   table (worst first), per-case table, provenance lines;
 - ``per_landmark.csv``, ``per_case.csv``, ``errors.csv`` (one row per case and landmark);
+- a reliability section (`reliability`: how well expected errors, or confidences, single out
+  the errors above ``big_error_mm``) and ``calibration.png`` when expected errors are known;
 - ``error_per_landmark.png`` (horizontal box plot with every error as a dot) and
   ``detection_rate.png`` (cumulative fraction of landmarks within d mm, SDR thresholds marked),
   drawn with matplotlib (the ``report`` extra); without it the plots are skipped and the summary
@@ -24,9 +26,10 @@ import numpy as np
 from ..atomic import atomic_write_bytes
 from ..errors import H3DEError
 from .metrics import EvaluationResult
+from .reliability import Reliability, calibration_figure, reliability, reliability_lines
 
 TABLE_FILES = ("summary.md", "per_landmark.csv", "per_case.csv", "errors.csv")
-PLOT_FILES = ("error_per_landmark.png", "detection_rate.png")
+PLOT_FILES = ("error_per_landmark.png", "detection_rate.png", "calibration.png")
 REPORT_FILES = TABLE_FILES + PLOT_FILES
 PLOTS_SKIPPED = "Plots skipped: matplotlib is not installed (pip install 'h3de-landmarks[report]')."
 
@@ -37,6 +40,7 @@ def write_report(
     provenance: dict[str, str] | None = None,
     seconds_per_case: dict[str, float] | None = None,
     overwrite: bool = False,
+    big_error_mm: float | None = None,
 ) -> list[Path]:
     """Write the report files of `result` into `folder`; returns the paths written.
 
@@ -46,12 +50,16 @@ def write_report(
         provenance: "what: value" lines for the summary (data, model, command, date).
         seconds_per_case: detection time of each case, reported when given.
         overwrite: replace report files already in `folder`.
+        big_error_mm: the error a reviewer must find, for the reliability section (default:
+            the largest SDR threshold).
     """
     folder = Path(folder)
     check_report_folder(folder, overwrite)
     seconds_per_case = seconds_per_case or {}
-    plots = _plots(result)
-    summary = summary_markdown(result, provenance or {}, seconds_per_case, plots_drawn=plots is not None)
+    trust = reliability(result, big_error_mm or result.thresholds_mm[-1])
+    plots = _plots(result, trust)
+    summary = summary_markdown(result, provenance or {}, seconds_per_case, plots_drawn=plots is not None,
+                               trust=trust)
     contents: dict[str, bytes] = {
         "summary.md": summary.encode("utf-8"),
         "per_landmark.csv": csv_bytes(per_landmark_rows(result)),
@@ -139,6 +147,7 @@ def summary_markdown(
     provenance: dict[str, str],
     seconds_per_case: dict[str, float],
     plots_drawn: bool = True,
+    trust: Reliability | None = None,
 ) -> str:
     """Text of summary.md."""
     lines = ["# Landmark detection evaluation", ""]
@@ -175,6 +184,9 @@ def summary_markdown(
             for t in result.thresholds_mm
         ],
     )
+    if trust is not None:
+        lines += ["", "## Does the model know where it is wrong?", ""]
+        lines += reliability_lines(trust)
     lines += ["", "## Absent landmarks", ""]
     lines += _absence_lines(result)
     lines += ["", "## Per landmark (worst mean error first)", ""]
@@ -217,6 +229,8 @@ def summary_markdown(
         lines += ["", PLOTS_SKIPPED]
     else:
         lines += ["", "![Error per landmark](error_per_landmark.png)", "", "![Detection rate](detection_rate.png)"]
+        if trust is not None and trust.calibration:
+            lines += ["", "![Calibration](calibration.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -239,16 +253,19 @@ def _absence_lines(result: EvaluationResult) -> list[str]:
     return lines
 
 
-def _plots(result: EvaluationResult) -> dict[str, bytes] | None:
-    """PNG bytes of both plots, or None when matplotlib is not installed."""
+def _plots(result: EvaluationResult, trust: Reliability | None) -> dict[str, bytes] | None:
+    """PNG bytes of the plots, or None when matplotlib is not installed."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    return {
+    plots = {
         "error_per_landmark.png": png_bytes(_error_per_landmark_figure(Figure, result)),
         "detection_rate.png": png_bytes(_detection_rate_figure(Figure, result)),
     }
+    if trust is not None and trust.calibration:
+        plots["calibration.png"] = png_bytes(calibration_figure(Figure, trust))
+    return plots
 
 
 def _error_per_landmark_figure(figure_class, result: EvaluationResult):

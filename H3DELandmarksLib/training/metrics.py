@@ -127,6 +127,7 @@ class EvaluationResult:
         truth_present, predicted_present: ``(C, N)`` bool status.
         predicted_located: ``(C, N)`` bool, the prediction has a position.
         predicted_confidence: ``(C, N)`` predicted confidence (NaN when unknown).
+        predicted_expected_error: ``(C, N)`` the detector's expected error in mm (NaN when unknown).
         thresholds_mm: the SDR thresholds.
         voxel_mm: the voxel size used to express errors in voxels, or None.
     """
@@ -138,6 +139,7 @@ class EvaluationResult:
     predicted_present: np.ndarray
     predicted_located: np.ndarray
     predicted_confidence: np.ndarray
+    predicted_expected_error: np.ndarray
     thresholds_mm: tuple[float, ...]
     voxel_mm: float | None = None
 
@@ -228,7 +230,7 @@ def evaluate_cases(
     if not thresholds or any(not np.isfinite(t) or t <= 0 for t in thresholds):
         raise ValueError(f"SDR thresholds must be positive millimetres, not {list(thresholds_mm)}.")
     names = list(next(iter(pairs.values()))[1].names)
-    rows = {key: [] for key in ("errors", "truth", "predicted", "located", "confidence")}
+    rows = {key: [] for key in ("errors", "truth", "predicted", "located", "confidence", "expected")}
     for case, (predicted, truth) in pairs.items():
         if sorted(truth.names) != sorted(names):
             raise LandmarkFileError(f"The truth of case {case!r} does not hold the same landmarks as the others.")
@@ -243,6 +245,7 @@ def evaluate_cases(
         rows["predicted"].append(aligned.present)
         rows["located"].append(aligned.has_position)
         rows["confidence"].append(aligned.confidence)
+        rows["expected"].append(aligned.expected_error)
     return EvaluationResult(
         case_names=list(pairs),
         landmark_names=names,
@@ -251,6 +254,7 @@ def evaluate_cases(
         predicted_present=np.array(rows["predicted"], bool),
         predicted_located=np.array(rows["located"], bool),
         predicted_confidence=np.array(rows["confidence"], float),
+        predicted_expected_error=np.array(rows["expected"], float),
         thresholds_mm=thresholds,
         voxel_mm=voxel_mm,
     )
