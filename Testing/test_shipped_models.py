@@ -51,3 +51,5 @@ def test_mouse_model_finds_the_landmarks_of_a_held_out_exact_scan(shared_dir):
     errors = np.linalg.norm(found.positions - truth.positions, axis=1)
     assert found.present.all()
     assert np.mean(errors) < MOUSE_MRE_LIMIT_MM and np.max(errors) < MOUSE_MAX_LIMIT_MM, np.round(errors, 2)
+    expected = found.expected_error
+    assert np.all((expected > 0.05) & (expected < 1.0)) and abs(np.mean(expected) - np.mean(errors)) < 0.1
