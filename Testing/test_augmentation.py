@@ -16,9 +16,9 @@ from H3DELandmarksLib.data.augmentation import (
 )
 from H3DELandmarksLib.data.landmarks import Landmarks
 from H3DELandmarksLib.data.phantom import make_phantom
+from H3DELandmarksLib.data.preprocessing import IntensityMap, extract_patch
 from H3DELandmarksLib.data.shape import mean_shape
 from H3DELandmarksLib.data.volume import Volume
-from H3DELandmarksLib.inference.preprocessing import IntensityMap, extract_patch
 from H3DELandmarksLib.training.config import StageConfig
 from H3DELandmarksLib.training.sampling import StageSampler
 

@@ -10,8 +10,8 @@ import torch
 
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.errors import CheckpointError
-from H3DELandmarksLib.model import load_package
-from H3DELandmarksLib.model.checkpoint_import import import_checkpoint
+from H3DELandmarksLib.inference import load_package
+from H3DELandmarksLib.training.checkpoint_import import import_checkpoint
 
 NAMES = ["a", "b", "c", "d", "e"]
 

@@ -12,8 +12,8 @@ from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.data.landmark_files import read_landmarks, write_landmarks
 from H3DELandmarksLib.data.landmarks import Landmarks
 from H3DELandmarksLib.errors import H3DEError
-from H3DELandmarksLib.training.evaluation import REPORT_FILES, write_report
-from H3DELandmarksLib.training.metrics import evaluate_cases
+from H3DELandmarksLib.evaluation.metrics import evaluate_cases
+from H3DELandmarksLib.evaluation.reports import REPORT_FILES, write_report
 
 NAMES = ["nasion", "bregma", "lambda"]
 TRUTH = np.array([[10.0, 20.0, 30.0], [12.0, 25.0, 31.0], [15.0, 22.0, 28.0]])

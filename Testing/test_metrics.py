@@ -7,7 +7,7 @@ import pytest
 
 from H3DELandmarksLib.data.landmarks import Landmarks
 from H3DELandmarksLib.errors import LandmarkFileError
-from H3DELandmarksLib.training.metrics import (
+from H3DELandmarksLib.evaluation.metrics import (
     CLINICAL_THRESHOLDS_MM,
     default_thresholds,
     evaluate_cases,

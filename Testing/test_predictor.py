@@ -22,11 +22,12 @@ from builders_blobs import (
     truth_positions,
 )
 from builders_models import tiny_package
+from H3DELandmarksLib.data.preprocessing import IntensityMap, stage_grid
 from H3DELandmarksLib.data.volume import Volume
+from H3DELandmarksLib.device import resolve_device
 from H3DELandmarksLib.errors import DetectionCancelled, H3DEError, ModelPackageError
-from H3DELandmarksLib.inference import Predictor, resolve_device
-from H3DELandmarksLib.inference.preprocessing import IntensityMap, stage_grid
-from H3DELandmarksLib.model.package_loading import load_stage_networks
+from H3DELandmarksLib.inference import Predictor
+from H3DELandmarksLib.inference.package_loading import load_stage_networks
 from H3DELandmarksLib.inference.tiling import group_landmarks, plan_windows
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.errors import CheckpointError
 from H3DELandmarksLib.inference import Predictor
+from H3DELandmarksLib.inference.package_loading import load_stage_networks
 from H3DELandmarksLib.model.decoding import decode_heatmaps, decode_proposals
 from H3DELandmarksLib.model.network import H3DENet
 from H3DELandmarksLib.registry import read_package
@@ -29,7 +30,6 @@ from H3DELandmarksLib.training.losses import (
     proposal_loss,
 )
 from H3DELandmarksLib.training.loop import train
-from H3DELandmarksLib.model.package_loading import load_stage_networks
 from H3DELandmarksLib.training.targets import HeatmapTarget, heatmap_targets, proposal_targets
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.landmark_files import write_mrk_json
     from ..data.phantom import PHANTOM_LANDMARK_NAMES, make_phantom
     from ..data.volume_io import write_volume
-    from ..training.metrics import radial_errors
+    from ..evaluation.metrics import radial_errors
     from .detect import Case, write_outputs
 
     absent = [name.strip() for name in args.absent.split(",") if name.strip()]

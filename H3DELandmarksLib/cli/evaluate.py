@@ -23,7 +23,7 @@ thresholds default to `default_thresholds` of that spacing (clinical 2/2.5/3/4 m
 predictions folder (scored against the same truth) or an error table such as
 ``../shared/data/mouse_ct_atlas/baselines/malpaca_errors.csv`` (``--baseline-runs`` keeps some
 of its runs); the report gains ``comparison.md``, per-case and per-landmark CSV tables and a
-per-landmark plot of both methods (`training.comparison`).
+per-landmark plot of both methods (`evaluation.comparison`).
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from ..data.datasets import CASES_FILE, GenericDataset, MMLDDataset, read_cases_
 from ..data.landmark_files import read_json_metadata, read_landmarks, write_landmarks
 from ..data.volume_io import volume_format
 from ..errors import H3DEError, LandmarkFileError, VolumeError
+from ..evaluation.comparison import compare, method_errors, read_error_table, write_comparison
+from ..evaluation.metrics import CLINICAL_THRESHOLDS_MM, default_thresholds, evaluate_cases, threshold_rule
+from ..evaluation.reports import PLOTS_SKIPPED, check_report_folder, write_report
 from .model_options import add_model_options, predictor_from_args
-from ..training.evaluation import PLOTS_SKIPPED, check_report_folder, write_report
-from ..training.comparison import compare, method_errors, read_error_table, write_comparison
-from ..training.metrics import CLINICAL_THRESHOLDS_MM, default_thresholds, evaluate_cases, threshold_rule
 
 PREDICTION_SUFFIX = ".mrk.json"
 TRUTH_SUFFIXES = (".mrk.json", ".fcsv", ".csv")

@@ -64,7 +64,7 @@ def int_triple(value: str) -> tuple[int, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model.checkpoint_import import import_checkpoint
+    from ..training.checkpoint_import import import_checkpoint
 
     package = import_checkpoint(
         args.checkpoint, parse_landmark_names(args.landmarks), args.out, spacing_mm=args.spacing,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..inference.device import DEVICES
+from ..device import DEVICES
 
 
 def positive_int(text: str) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..data.datasets import GenericDataset
-from ..inference.device import DEVICES
+from ..device import DEVICES
 from ..json_document import read_json_document
 from ..registry.resolve import resolve_model
 from ..training.cache import CaseCache

@@ -143,7 +143,7 @@ def sample_patch(volume: Volume, transform: PatchTransform, grid: PatchGrid, pad
     """The patch ``[k, j, i]`` (float32) of `volume` through `transform`; outside gets `pad_value`.
 
     Only the index box of `volume` the patch can reach (one voxel of margin, never past the
-    volume's edge, as `inference.preprocessing.extract_patch` does) is copied before resampling.
+    volume's edge, as `data.preprocessing.extract_patch` does) is copied before resampling.
     """
     rigid = PatchTransform(transform.centre, transform.matrix)
     footprint = transform_points(rigid, grid, CORNERS * (np.asarray(grid.size) - 1))

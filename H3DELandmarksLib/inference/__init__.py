@@ -1,6 +1,6 @@
-"""Landmark detection with a model package: device, preprocessing, windows and the two-stage predictor."""
+"""Landmark detection with a model package: package loading, windows and the two-stage predictor."""
 
-from .device import resolve_device
+from .package_loading import load_package
 from .predictor import Detection, Predictor
 
-__all__ = ["Detection", "Predictor", "resolve_device"]
+__all__ = ["Detection", "Predictor", "load_package"]

@@ -32,15 +32,17 @@ import torch
 from torch import nn
 
 from ..data.landmarks import Landmarks
+from ..data.preprocessing import IntensityMap, extract_patch, grid_window_centre, stage_direction, stage_grid
 from ..data.shape import robust_shape_fit
 from ..data.volume import Volume
+from ..device import default_threads, precision_context, resolve_device, set_threads
 from ..errors import DetectionCancelled, H3DEError
 from ..model.config import H3DEConfig
 from ..model.decoding import decode_heatmaps, decode_proposals
 from ..model.heatmap_grid import squared_distances
+from ..registry import resolve_model
 from ..registry.manifest import validate_manifest
-from .device import default_threads, precision_context, resolve_device, set_threads
-from .preprocessing import IntensityMap, extract_patch, grid_window_centre, stage_direction, stage_grid
+from .package_loading import load_stage_networks
 from .tiling import PeakSelection, group_landmarks, plan_windows
 from .uncertainty import ErrorModel
 
@@ -150,9 +152,6 @@ class Predictor:
                    cache_dir: str | os.PathLike | None = None, confidence_threshold: float | None = None,
                    batch_size: int | None = None) -> "Predictor":
         """Predictor for a model package path, "ID" or "ID@VERSION" (bundled or cached, offline)."""
-        from ..model.package_loading import load_stage_networks
-        from ..registry import resolve_model
-
         networks = load_stage_networks(resolve_model(id_or_path, cache_dir=cache_dir))
         manifest = next(iter(networks.values())).package.manifest
         return cls(networks, manifest, device=device, threads=threads,

@@ -1,10 +1,9 @@
-"""H3DE-Net in PyTorch: configuration, network, output decoding, packages and checkpoint import."""
+"""H3DE-Net in PyTorch: configuration, network and output decoding (imports nothing above it)."""
 
 from __future__ import annotations
 
 from .config import H3DEConfig, resolve_config
 from .network import H3DENet
-from .package_loading import load_package
 
 
 def build_model(config_or_name: "H3DEConfig | str | dict" = "default", n_landmarks: int | None = None) -> H3DENet:
@@ -13,4 +12,4 @@ def build_model(config_or_name: "H3DEConfig | str | dict" = "default", n_landmar
     return H3DENet(resolve_config(config_or_name, n_landmarks))
 
 
-__all__ = ["H3DEConfig", "H3DENet", "build_model", "load_package"]
+__all__ = ["H3DEConfig", "H3DENet", "build_model"]

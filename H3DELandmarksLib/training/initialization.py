@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model.package_loading import split_stage_state_dicts
+from ..inference.package_loading import split_stage_state_dicts
 from ..registry import read_package
 from .config import TrainingConfigError
 

@@ -37,9 +37,9 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
+from ..data.preprocessing import IntensityMap
+from ..device import autocast_dtype, resolve_device, set_threads
 from ..errors import CheckpointError
-from ..inference.device import autocast_dtype, resolve_device, set_threads
-from ..inference.preprocessing import IntensityMap
 from ..model.decoding import decode_heatmaps, decode_proposals
 from ..model.network import H3DENet
 from ..registry.package import remove_directory

@@ -1,6 +1,6 @@
 """The model package a training run produces: manifest.json + model.safetensors.
 
-How two stages share one package is defined in `H3DELandmarksLib.model.package_loading`.
+How two stages share one package is defined in `H3DELandmarksLib.inference.package_loading`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..model.package_loading import join_stage_state_dicts
+from ..inference.package_loading import join_stage_state_dicts
 from ..registry import ModelPackage, write_package
 from ..registry.manifest import SCHEMA_VERSION
 from .config import TrainingConfig

@@ -30,9 +30,9 @@ from ..data.augmentation import (
     sample_patch,
 )
 from ..data.landmarks import Landmarks
+from ..data.preprocessing import IntensityMap, stage_direction, stage_grid
 from ..data.shape import similarity_fit
 from ..data.volume import Volume
-from ..inference.preprocessing import IntensityMap, stage_direction, stage_grid
 from .config import StageConfig
 
 EDGE_MARGIN_VOXELS = 1.0

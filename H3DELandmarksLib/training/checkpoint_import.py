@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .config import H3DEConfig, reference_config
-from .network import H3DENet
-from .weights import load_weights, state_dict_problem
+from ..model.config import H3DEConfig, reference_config
+from ..model.network import H3DENet
+from ..model.weights import load_weights, state_dict_problem
+from ..registry import write_package
 
 
 def read_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -90,8 +91,6 @@ def import_checkpoint(checkpoint: str | os.PathLike, landmark_names: list[str], 
                       confidence_threshold: float = 0.5, license_name: str = "unknown",
                       overwrite: bool = False):
     """Turn a published checkpoint into a model package at `out`; returns the `ModelPackage`."""
-    from ..registry import write_package
-
     checkpoint = Path(checkpoint)
     state = read_checkpoint_state_dict(checkpoint)
     config = infer_config(state, head_dim=head_dim)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.resample import CORNER_ENDS, crop_or_pad_to_box, resample_patch
-from ..data.volume import Volume
+from .resample import CORNER_ENDS, crop_or_pad_to_box, resample_patch
+from .volume import Volume
 
 ORIENTATIONS = ("canonical", "native")
 

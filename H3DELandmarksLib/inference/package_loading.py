@@ -13,8 +13,9 @@ import os
 import torch
 
 from ..errors import ModelPackageError
-from .network import H3DENet
-from .weights import load_weights, state_dict_problem
+from ..model.network import H3DENet
+from ..model.weights import load_weights, state_dict_problem
+from ..registry import read_package
 
 
 def stage_names(manifest: dict) -> list[str]:
@@ -46,8 +47,6 @@ def load_stage_networks(path: str | os.PathLike, device: str = "cpu") -> dict[st
     """Each stage's network of the package at `path`, by stage name, weights loaded strictly, in
     eval mode on `device` (stages sharing one set of weights share one network); each network keeps
     the package as ``net.package``."""
-    from ..registry import read_package
-
     package = read_package(path)
     networks, built = {}, {}
     for stage, state in split_stage_state_dicts(package.manifest, package.state_dict(), str(package.path)).items():

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ..errors import H3DEError
+from .errors import H3DEError
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 TORCH_THREADS = torch.get_num_threads()  # PyTorch's own choice, before anything set another

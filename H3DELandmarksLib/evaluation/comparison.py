@@ -20,7 +20,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 from ..errors import H3DEError
-from .evaluation import csv_bytes, png_bytes
+from .reports import csv_bytes, png_bytes
 from .metrics import EvaluationResult
 
 RUN_COLUMNS = ("run", "reference")
