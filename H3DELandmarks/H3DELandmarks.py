@@ -541,13 +541,10 @@ class H3DELandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not dataset:
             return
         with self.userErrors():
-            from H3DELandmarksLib.mrml.training_export import (
-                save_for_training,
-                training_case_exists,
-                training_case_name,
-            )
+            from H3DELandmarksLib.data.cases import safe_case_name
+            from H3DELandmarksLib.mrml.training_export import save_for_training, training_case_exists
 
-            case = training_case_name(parameters.inputVolume.GetName())
+            case = safe_case_name(parameters.inputVolume.GetName())
             overwrite = training_case_exists(dataset, case)
             if overwrite and not slicer.util.confirmOkCancelDisplay(
                     _("Case {case} is already in {dataset}. Replace it?").format(case=case, dataset=dataset)):

@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename over it.
+"""Atomic file writes: write to a temporary file beside the target, then rename over it; atomic folder removal.
 
 A reader never sees a half-written file, and an existing file is only replaced when the caller
 says so (a user's corrections are never overwritten silently). Temporary files and folders are
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -60,3 +61,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = F
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
     """Write UTF-8 `text` to `path` atomically (see `atomic_write_bytes`)."""
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def remove_directory(directory: Path) -> None:
+    """Delete a directory so that it disappears at once: rename it aside, then delete the renamed copy."""
+    doomed = directory.with_name(f".{directory.name}.removed-{secrets.token_hex(4)}")
+    os.replace(directory, doomed)
+    shutil.rmtree(doomed)

@@ -9,7 +9,7 @@ import torch
 
 from builders_downloads import Handler
 from builders_models import small_state_dict, valid_manifest
-from H3DELandmarksLib.inference.device import default_threads
+from H3DELandmarksLib.device import default_threads
 from H3DELandmarksLib.registry import pack_package, write_package
 
 REPO = Path(__file__).resolve().parents[1]

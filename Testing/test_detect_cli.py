@@ -10,8 +10,9 @@ import pytest
 from builders_blobs import DIRECTIONS, blob_volume, truth_positions
 from builders_models import tiny_package
 from builders_volumes import SERIES_A, make_volume, write_dicom_series
-from H3DELandmarksLib.cli.detect import expand_inputs, parse_shard
+from H3DELandmarksLib.cli.detect import parse_shard
 from H3DELandmarksLib.cli.main import main
+from H3DELandmarksLib.data.cases import expand_inputs
 from H3DELandmarksLib.data.landmark_files import read_json_metadata, read_landmarks
 from H3DELandmarksLib.data.volume_io import write_volume
 

@@ -37,11 +37,11 @@ import numpy as np
 
 from H3DELandmarksLib.atomic import atomic_write_text
 from H3DELandmarksLib.data.datasets import CASES_FILE, GenericDataset, read_cases_file
+from H3DELandmarksLib.evaluation.metrics import radial_errors
 from H3DELandmarksLib.inference import Predictor
+from H3DELandmarksLib.inference.package_loading import load_stage_networks
 from H3DELandmarksLib.inference.uncertainty import fit_error_model
-from H3DELandmarksLib.model.package_loading import load_stage_networks
 from H3DELandmarksLib.registry import read_package, write_package
-from H3DELandmarksLib.training.metrics import radial_errors
 
 NOT_FINISHED = 3
 PASSES = (1, 2, 3)

@@ -5,46 +5,34 @@ glob patterns. Each case writes ``<case>.mrk.json``, ``<case>.csv`` and/or ``<ca
 --out (case = file name without its volume extension, or the DICOM folder's name); an existing
 output is refused unless --overwrite. A failing case is reported in one sentence and the others
 still run; a summary table ends the run and the exit status is 0 only if every case succeeded.
-``--progress json`` prints one JSON object per line on stdout and nothing else there: ``start``,
-``progress`` (case, step, fraction), ``case_done`` and ``done`` events.
+``--progress json`` prints one JSON object per line on stdout and nothing else there: the events
+of `progress_events`.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
 from .. import __version__
+from ..data.cases import Case, expand_inputs
 from ..data.landmark_files import write_csv, write_json, write_mrk_json
-from ..data.volume_io import FORMAT_NAMES, read_volume, volume_format
+from ..data.volume_io import read_volume
 from ..errors import H3DEError
 from ..inference import Predictor
+from ..progress_events import CASE_DONE, DONE, ERROR_PREFIX, PROGRESS, START, EventWriter
 from .model_options import add_model_options, predictor_from_args
 from .parent_guard import add_option as add_parent_guard_option
 from .parent_guard import stop_when_stdin_closes
 
 FORMATS = ("mrk.json", "csv", "json")
-GLOB_CHARACTERS = "*?["
-
-
-@dataclass
-class Case:
-    """One volume to process: a file or a DICOM folder; `problem` is set when the input itself is unusable."""
-
-    path: Path
-    name: str = ""
-    problem: str | None = None
 
 
 @dataclass
@@ -92,12 +80,12 @@ def run(args: argparse.Namespace) -> int:
     if args.shard:
         index, count = args.shard
         cases = cases[index - 1::count]
-    events = JsonEvents() if args.progress == "json" else None
+    events = EventWriter() if args.progress == "json" else None
     loading = time.perf_counter()
     predictor = predictor_from_args(args)
     load_seconds = time.perf_counter() - loading
     if events:
-        events.emit(event="start", cases=len(cases), model_id=predictor.model_id,
+        events.emit(START, cases=len(cases), model_id=predictor.model_id,
                     model_version=predictor.model_version, device=str(predictor.device),
                     load_seconds=load_seconds)
     results = []
@@ -105,20 +93,20 @@ def run(args: argparse.Namespace) -> int:
         result = detect_case(predictor, case, args, events, number, len(cases))
         results.append(result)
         if result.error:
-            print(f"h3de: error: {case.name}: {result.error}", file=sys.stderr)
+            print(f"{ERROR_PREFIX}{case.name}: {result.error}", file=sys.stderr)
         if events:
-            events.emit(event="case_done", case=case.name, input=str(case.path),
+            events.emit(CASE_DONE, case=case.name, input=str(case.path),
                         status="ok" if result.ok else "failed", present=result.present, absent=result.absent,
                         seconds=result.seconds, outputs=result.outputs, timings=result.timings, error=result.error)
     failed = sum(not result.ok for result in results)
     if events:
-        events.emit(event="done", cases=len(results), succeeded=len(results) - failed, failed=failed,
+        events.emit(DONE, cases=len(results), succeeded=len(results) - failed, failed=failed,
                     seconds=time.perf_counter() - started, load_seconds=load_seconds)
     print(summary_table(results), file=sys.stderr if events else sys.stdout)
     return 2 if failed else 0
 
 
-def detect_case(predictor: Predictor, case: Case, args: argparse.Namespace, events: "JsonEvents | None",
+def detect_case(predictor: Predictor, case: Case, args: argparse.Namespace, events: EventWriter | None,
                 number: int, total: int) -> CaseResult:
     """Read, detect and write one case; user errors become a failed result, never an exception."""
     started = time.perf_counter()
@@ -136,7 +124,7 @@ def detect_case(predictor: Predictor, case: Case, args: argparse.Namespace, even
         timings["read"] = time.perf_counter() - reading
         if events:
             def progress(step: str, fraction: float) -> None:
-                events.emit(event="progress", case=case.name, index=number, total=total, step=step, fraction=fraction)
+                events.emit(PROGRESS, case=case.name, index=number, total=total, step=step, fraction=fraction)
         elif args.progress == "bar":
             bar = tqdm(total=100, desc=f"{case.name} ({number}/{total})", unit="%", file=sys.stderr, leave=False)
 
@@ -199,80 +187,6 @@ def input_facts(path: Path) -> dict:
     }
 
 
-def expand_inputs(inputs: list[str], recursive: bool) -> list[Case]:
-    """Cases of all inputs, sorted by path, duplicates removed, with unique names.
-
-    A folder holding volume files gives those files (and, with `recursive`, the volumes and DICOM
-    series folders below it); a folder without volume files is read as a DICOM folder (its
-    series with the most slices, searched in subfolders too). A glob gives what it matches; one
-    matching nothing, or a folder holding nothing usable, becomes a failing case.
-    """
-    cases: dict[Path, Case] = {}
-    for text in inputs:
-        path = Path(text).expanduser()
-        if path.exists():
-            found = cases_at(path, recursive, explicit=True)
-        elif any(character in text for character in GLOB_CHARACTERS):
-            matches = sorted(glob.glob(os.path.expanduser(text), recursive=recursive))
-            found = [case for match in matches for case in cases_at(Path(match), recursive, explicit=False)]
-            if not matches:
-                found = [Case(path, problem=f"The pattern {text!r} matches no file or folder.")]
-        else:
-            found = [Case(path)]
-        for case in found:
-            cases.setdefault(case.path.resolve() if case.path.exists() else case.path, case)
-    ordered = sorted(cases.values(), key=lambda case: str(case.path.resolve()))
-    assign_names(ordered)
-    return ordered
-
-
-def cases_at(path: Path, recursive: bool, explicit: bool) -> list[Case]:
-    """Cases for one existing path (an explicitly named file is taken whatever its extension)."""
-    if path.is_file():
-        return [Case(path)] if explicit or volume_format(path) else []
-    files = sorted(p for p in path.iterdir() if p.is_file() and volume_format(p))
-    if not recursive:
-        return [Case(p) for p in files] or [Case(path)]
-    found = [Case(path)] if not files and dicom_series_here(path) else [Case(p) for p in files]
-    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
-        found += cases_at(folder, recursive, explicit=False)
-    if not found and explicit:
-        found = [Case(path, problem=f"Folder {path} holds no volume files or DICOM series.")]
-    return found
-
-
-def dicom_series_here(folder: Path) -> bool:
-    """True when GDCM finds a DICOM series among the files directly in `folder` (ITK's warnings hidden)."""
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
-def case_name(path: Path) -> str:
-    """File name without its volume extension (.nii.gz, .nrrd, ...), or the folder's name."""
-    name = path.name
-    for suffix in sorted(FORMAT_NAMES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def assign_names(cases: list[Case]) -> None:
-    """Give each case a unique output name: its own name, prefixed by its folder's name when
-    that is ambiguous, numbered when still ambiguous."""
-    bases = [case_name(case.path) for case in cases]
-    for case, base in zip(cases, bases):
-        case.name = f"{case.path.resolve().parent.name}_{base}" if bases.count(base) > 1 else base
-    seen: dict[str, int] = {}
-    for case in cases:
-        seen[case.name] = seen.get(case.name, 0) + 1
-        if seen[case.name] > 1:
-            case.name = f"{case.name}-{seen[case.name]}"
-
-
 def summary_table(results: list[CaseResult]) -> str:
     """Aligned table: case, status, landmarks present and absent, seconds; then each failure's reason."""
     rows = [("case", "status", "present", "absent", "seconds")]
@@ -286,13 +200,6 @@ def summary_table(results: list[CaseResult]) -> str:
     lines.append(f"{len(results) - len(failed)} of {len(results)} cases succeeded.")
     lines += [f"  {result.case.name}: {result.error}" for result in failed]
     return "\n".join(lines)
-
-
-class JsonEvents:
-    """Machine-readable progress: one JSON object per line on stdout, flushed at once."""
-
-    def emit(self, **event) -> None:
-        print(json.dumps(event), flush=True)
 
 
 def parse_formats(text: str) -> list[str]:

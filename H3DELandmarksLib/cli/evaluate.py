@@ -41,7 +41,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..data.datasets import CASES_FILE, GenericDataset, MMLDDataset, read_cases_file
 from ..data.landmark_files import read_json_metadata, read_landmarks, write_landmarks
-from ..data.volume_io import volume_format
+from ..data.volume_io import volume_format, volume_stem
 from ..errors import H3DEError, LandmarkFileError, VolumeError
 from ..evaluation.comparison import compare, method_errors, read_error_table, write_comparison
 from ..evaluation.metrics import CLINICAL_THRESHOLDS_MM, default_thresholds, evaluate_cases, threshold_rule
@@ -268,7 +268,7 @@ def _case_of_volume(path: Path) -> str | None:
     """Case name of a volume file, None for anything else."""
     if not path.is_file() or volume_format(path) is None:
         return None
-    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    return volume_stem(path)
 
 
 def _median_spacing_from_headers(volumes: Path, cases: list[str]) -> float | None:

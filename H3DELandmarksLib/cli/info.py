@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from ..data.volume import Volume
 from ..data.volume_io import SUPPORTED, choose_dicom_series, read_dicom_series, read_volume
 from ..errors import VolumeError
+from ..progress_events import ERROR_PREFIX
 
 
 def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             print(describe(path))
         except VolumeError as error:
-            print(f"h3de: error: {error}", file=sys.stderr)
+            print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
             status = 2
     return status
 

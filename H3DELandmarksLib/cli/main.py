@@ -16,6 +16,7 @@ import sys
 
 from .. import __version__
 from ..errors import H3DEError
+from ..progress_events import ERROR_PREFIX
 
 SUBCOMMANDS = {
     # name: (module in this package, summary for `h3de --help`)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except H3DEError as error:
-        print(f"h3de: error: {error}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("h3de: interrupted.", file=sys.stderr)

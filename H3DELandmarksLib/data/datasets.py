@@ -34,7 +34,7 @@ from .landmark_files.mmld import mmld_case_paths, read_mmld_case
 from .landmarks import Landmarks
 from .phantom import PHANTOM_LANDMARK_NAMES, make_phantom
 from .volume import Volume
-from .volume_io import FORMAT_NAMES, read_volume, volume_format
+from .volume_io import read_volume, volume_format, volume_stem
 
 CASES_FILE = "cases.csv"
 LANDMARK_SUFFIXES = (".mrk.json", ".fcsv", ".csv", ".json")
@@ -116,7 +116,7 @@ class GenericDataset(_FileDataset):
         found = {}
         for path in sorted(volume_folder.iterdir()):
             if path.is_file() and volume_format(path) is not None:
-                found[_strip_volume_suffix(path.name)] = (path, self._landmark_file(path))
+                found[volume_stem(path)] = (path, self._landmark_file(path))
         self._files = self._listed_or_found(
             {case: files for case, files in found.items() if files[1] is not None}, "volume with a landmark file"
         )
@@ -130,7 +130,7 @@ class GenericDataset(_FileDataset):
         return read_landmarks(self._files[case][1])
 
     def _landmark_file(self, volume_path: Path) -> Path | None:
-        case = _strip_volume_suffix(volume_path.name)
+        case = volume_stem(volume_path)
         folders = [volume_path.parent, self.root / "landmarks"]
         candidates = [folder / f"{case}{suffix}" for folder in folders for suffix in LANDMARK_SUFFIXES]
         existing = list(dict.fromkeys(path for path in candidates if path.is_file() and path != volume_path))
@@ -288,11 +288,3 @@ def file_sha256(path: Path) -> str:
 
 def _matches(notes: dict[str, str], where: dict[str, str]) -> bool:
     return all(notes.get(column) == value for column, value in where.items())
-
-
-def _strip_volume_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in sorted(FORMAT_NAMES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name

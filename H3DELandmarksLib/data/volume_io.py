@@ -67,6 +67,15 @@ def volume_format(path: str | os.PathLike) -> str | None:
     return None
 
 
+def volume_stem(path: str | os.PathLike) -> str:
+    """File name without its volume extension (.nii.gz, .nrrd, ...); other names (a DICOM folder's) whole."""
+    name = Path(path).name
+    for suffix in sorted(FORMAT_NAMES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read and validate a 3D scalar volume from a file or a DICOM series folder.
 

@@ -12,13 +12,12 @@ the child gets no console window and, everywhere, UTF-8 standard streams.
 `ChildProcessJob` is the job interface the module follows (detection, training and, in a thread,
 downloads share it): ``fraction`` (None while unknown), ``step``, ``finished``, ``poll()``,
 ``cancel()``, ``error()`` and ``cleanup()``. The command prints one JSON object per line on
-stdout; other lines are logged; the last lines of stderr are kept for `error`.
+stdout (`progress_events`); other lines are logged; the last lines of stderr are kept for `error`.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import queue
@@ -29,9 +28,10 @@ import threading
 import time
 from pathlib import Path
 
+from ..progress_events import ERROR_PREFIX, PROGRESS, read_event
+
 logger = logging.getLogger(__name__)
 
-ERROR_PREFIX = "h3de: error: "
 STDERR_LINES_KEPT = 40
 TERMINATE_GRACE_S = 3.0
 STOP_WHEN_STDIN_CLOSES = "--stop-when-stdin-closes"
@@ -160,7 +160,7 @@ class ChildProcessJob:
 
     def on_event(self, event: dict) -> None:
         """Take a ``progress`` event's fraction and step (subclasses read their other events)."""
-        if event.get("event") == "progress":
+        if event["event"] == PROGRESS:
             fraction = float(event.get("fraction", 0.0))
             self.fraction = fraction if self.fraction is None else max(self.fraction, fraction)
             self.step = str(event.get("step", self.step))
@@ -211,12 +211,10 @@ class ChildProcessJob:
 
     def _read_events(self) -> None:
         for line in self._process.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
+            event = read_event(line)
+            if event is None:
                 self._take_text(line)
-                continue
-            if isinstance(event, dict):
+            else:
                 self._events.put(event)
 
     def _read_stderr(self) -> None:

@@ -2,10 +2,10 @@
 
 `start_detection` writes the volume node (world geometry, uncompressed NRRD) into a private work
 folder and starts the command with this Python (PythonSlicer inside Slicer), which prints one JSON
-object per line. The returned `DetectionRun` is a `ChildProcessJob`: it never blocks, `cancel()`
-ends the whole process tree, `error()` says in one sentence why it failed (the command's own
-``h3de: error: ...`` sentence), `result()` reads the landmarks the command wrote and `cleanup()`
-also removes the work folder.
+object per line (`progress_events`). The returned `DetectionRun` is a `ChildProcessJob`: it never
+blocks, `cancel()` ends the whole process tree, `error()` says in one sentence why it failed (the
+command's own ``h3de: error: ...`` sentence), `result()` reads the landmarks the command wrote
+and `cleanup()` also removes the work folder.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 
 import slicer
 
+from ..data.cases import safe_case_name
 from ..data.landmark_files import read_json, read_json_metadata
 from ..data.landmarks import Landmarks
 from ..data.volume_io import write_volume
 from ..errors import H3DEError
+from ..progress_events import CASE_DONE
 from .child_process import STOP_WHEN_STDIN_CLOSES, ChildProcessJob, library_command
-from .training_export import training_case_name
 from .volume_node import volume_from_node
 
 OUTPUT_FORMATS = "json"
@@ -50,7 +51,7 @@ def start_detection(volume_node: slicer.vtkMRMLVolumeNode, model: str, device: s
                     python: str | None = None) -> "DetectionRun":
     """Write the node's volume into a new work folder and start detecting in a child process."""
     volume = volume_from_node(volume_node)
-    case = training_case_name(volume_node.GetName())
+    case = safe_case_name(volume_node.GetName())
     work_dir = Path(tempfile.mkdtemp(prefix="h3de-detect-"))
     try:
         input_path = write_volume(volume, work_dir / "input" / f"{case}.nrrd", compress=False)
@@ -79,7 +80,7 @@ class DetectionRun(ChildProcessJob):
 
     def on_event(self, event: dict) -> None:
         super().on_event(event)
-        if event.get("event") == "case_done" and event.get("error"):
+        if event["event"] == CASE_DONE and event.get("error"):
             self._case_error = str(event["error"])
 
     def reported_error(self) -> str | None:

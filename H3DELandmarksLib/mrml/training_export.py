@@ -16,16 +16,16 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import slicer
 
 from ..atomic import atomic_write_text
+from ..data.cases import safe_case_name
 from ..data.datasets import CASES_FILE, LANDMARK_SUFFIXES, read_cases_file
 from ..data.landmark_files.common import read_text
-from ..data.volume_io import FORMAT_NAMES, write_volume
+from ..data.volume_io import FORMAT_NAMES, volume_format, write_volume
 from ..errors import H3DEError
 from .export import export_mrk_json
 from .volume_node import volume_from_node
@@ -34,7 +34,6 @@ VOLUME_FOLDER = "volumes"
 LANDMARK_FOLDER = "landmarks"
 VOLUME_SUFFIX = ".nrrd"
 LANDMARK_SUFFIX = ".mrk.json"
-UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -44,14 +43,6 @@ class TrainingCase:
     case: str
     volume_path: Path
     landmarks_path: Path
-
-
-def training_case_name(name: str) -> str:
-    """`name` made safe as a file name: runs of other characters than letters, digits, ``._-`` become ``_``."""
-    safe = UNSAFE_CHARACTERS.sub("_", name).strip("._")
-    if not safe:
-        raise H3DEError(f"{name!r} cannot be used as a case name; give the volume a name with letters or digits.")
-    return safe
 
 
 def training_case_paths(dataset: str | os.PathLike, case: str) -> TrainingCase:
@@ -83,7 +74,7 @@ def save_for_training(
     with `overwrite`.
     """
     dataset = Path(dataset)
-    case = training_case_name(volume_node.GetName() if case is None else case)
+    case = safe_case_name(volume_node.GetName() if case is None else case)
     _check_layout(dataset, case)
     paths = training_case_paths(dataset, case)
     if not overwrite and training_case_exists(dataset, case):
@@ -97,7 +88,7 @@ def save_for_training(
 def _check_layout(dataset: Path, case: str) -> None:
     """Refuse folders where the new files would be hidden or ambiguous for the dataset reader."""
     if dataset.is_dir() and not (dataset / VOLUME_FOLDER).is_dir():
-        loose = [path.name for path in dataset.iterdir() if path.is_file() and _is_volume(path.name)]
+        loose = [path.name for path in dataset.iterdir() if path.is_file() and volume_format(path)]
         if loose:
             raise H3DEError(
                 f"{dataset} holds volumes at its top level ({loose[0]}); choose an empty folder or a "
@@ -112,10 +103,6 @@ def _check_layout(dataset: Path, case: str) -> None:
         raise H3DEError(
             f"Case {case!r} already has the file {clashing[0]} in {dataset}; remove it or choose another case name."
         )
-
-
-def _is_volume(name: str) -> bool:
-    return any(name.lower().endswith(suffix) for suffix in FORMAT_NAMES)
 
 
 def _list_case(cases_file: Path, case: str) -> None:

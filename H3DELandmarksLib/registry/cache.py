@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .package import remove_directory
+from ..atomic import remove_directory
 
 CACHE_ENV = "H3DE_CACHE_DIR"
 APP_NAME = "h3de-landmarks"

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from ..atomic import atomic_destination, temporary_sibling
+from ..atomic import atomic_destination, remove_directory, temporary_sibling
 from ..errors import ModelPackageError
 from ..model.config import H3DEConfig
 from .manifest import read_manifest, validate_manifest
@@ -184,13 +183,6 @@ def sha256_of(path: str | os.PathLike) -> str:
         while chunk := stream.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def remove_directory(directory: Path) -> None:
-    """Delete a directory so that it disappears at once: rename it aside, then delete the renamed copy."""
-    doomed = directory.with_name(f".{directory.name}.removed-{uuid.uuid4().hex[:8]}")
-    os.replace(directory, doomed)
-    shutil.rmtree(doomed)
 
 
 def _read_json_member(archive: zipfile.ZipFile, zip_path: Path) -> object:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..inference.package_loading import split_stage_state_dicts
 from ..registry import read_package
+from ..registry.stage_weights import split_stage_state_dicts
 from .config import TrainingConfigError
 
 FINE_TUNING_EPOCH_FRACTION = 1 / 3

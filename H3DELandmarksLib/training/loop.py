@@ -36,13 +36,12 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, remove_directory
 from ..data.preprocessing import IntensityMap
 from ..device import autocast_dtype, resolve_device, set_threads
 from ..errors import CheckpointError
 from ..model.decoding import decode_heatmaps, decode_proposals
 from ..model.network import H3DENet
-from ..registry.package import remove_directory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import StageConfig, TrainingConfig, TrainingConfigError
 from .data import TrainingData

@@ -1,6 +1,6 @@
 """The model package a training run produces: manifest.json + model.safetensors.
 
-How two stages share one package is defined in `H3DELandmarksLib.inference.package_loading`.
+How two stages share one package is defined in `H3DELandmarksLib.registry.stage_weights`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..inference.package_loading import join_stage_state_dicts
 from ..registry import ModelPackage, write_package
 from ..registry.manifest import SCHEMA_VERSION
+from ..registry.stage_weights import join_stage_state_dicts
 from .config import TrainingConfig
 
 

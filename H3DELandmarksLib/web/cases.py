@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli.detect import Case, assign_names, expand_inputs
+from ..data.cases import Case, assign_names, expand_inputs
 from ..data.volume_io import SUPPORTED
 from ..errors import H3DEError
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import slicer
 
-from ..cli.detect import Case
+from ..data.cases import Case
 from ..data.volume import Volume
 from ..data.volume_io import read_volume
 from ..errors import H3DEError
