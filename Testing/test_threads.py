@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from H3DELandmarksLib.inference import device
+from H3DELandmarksLib import device
 
 
 @pytest.fixture
