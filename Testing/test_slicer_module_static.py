@@ -1,9 +1,10 @@
 """The Slicer module checked without Slicer: its .ui file, its imports, its resources, its CMake metadata.
 
-The module file cannot be imported outside Slicer (qt, ctk and the app are missing), so it is read
-with `ast`: every widget the code uses must exist in the .ui file with the class its name
-promises, every parameter bound in the .ui must exist in the parameter node, and the module must
-import nothing heavy at import time (the library, torch, numpy and SimpleITK only inside functions).
+The module's files cannot be imported outside Slicer (qt, ctk and the app are missing), so they
+are read with `ast`: every widget the panel uses must exist in the .ui file with the class its
+name promises, every parameter bound in the .ui must exist in the parameter node, the module file
+stays a thin shim, and nothing heavy is imported at import time (the library, torch, numpy and
+SimpleITK only inside functions; the requirement checker, which needs only `packaging`, excepted).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "H3DELandmarks" / "H3DELandmarks.py"
+GUI = REPO / "H3DELandmarks" / "H3DELandmarksGUI"
+WIDGET = GUI / "widget.py"
+PARAMETERS = GUI / "parameters.py"
+SELF_TESTS = REPO / "H3DELandmarks" / "Testing"
+MODULE_MAX_LINES = 300
 UI_FILE = REPO / "Resources" / "UI" / "H3DELandmarks.ui"
 ICON = REPO / "Resources" / "Icons" / "H3DELandmarks.png"
 # Widget name suffix -> the class such a widget must have (longest suffix first wins).
@@ -33,17 +39,29 @@ CLASS_BY_SUFFIX = {
     "Table": "QTableWidget",
 }
 LIGHT_TOP_LEVEL_IMPORTS = {
-    "contextlib", "importlib.util", "logging", "math", "os", "sys", "tempfile", "typing",
-    "qt", "ctk", "vtk", "slicer", "slicer.i18n", "slicer.parameterNodeWrapper",
+    "contextlib", "importlib", "logging", "os", "sys", "typing", "unittest",
+    "qt", "vtk", "slicer", "slicer.i18n", "slicer.parameterNodeWrapper",
     "slicer.ScriptedLoadableModule", "slicer.util",
+    "H3DELandmarksGUI.resources", "H3DELandmarksGUI.parameters", "resources",
+    "H3DELandmarksLib.requirements",
 }
 HEAVY = ("H3DELandmarksLib", "torch", "numpy", "SimpleITK", "safetensors", "requests", "scipy")
+LIGHT_LIBRARY_MODULE = "H3DELandmarksLib.requirements"
 EXTENSION_FIELDS = ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS")
 
 
 @pytest.fixture(scope="module")
 def tree() -> ast.Module:
     return ast.parse(MODULE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def widget_tree() -> ast.Module:
+    return ast.parse(WIDGET.read_text(encoding="utf-8"))
+
+
+def gui_files() -> list[Path]:
+    return [MODULE, *sorted(GUI.glob("*.py"))]
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +84,10 @@ def expected_class(name: str) -> str:
     return CLASS_BY_SUFFIX[suffix]
 
 
-def test_every_widget_the_module_uses_exists_with_the_expected_class(tree, ui_widgets):
-    used = used_ui_widgets(tree)
-    assert {"detectButton", "landmarksTable", "modelComboBox", "detectionProgressBar"} <= used
+def test_every_widget_the_panel_uses_exists_with_the_expected_class(widget_tree, ui_widgets):
+    used = used_ui_widgets(widget_tree)
+    assert {"detectButton", "trainButton", "nextFlaggedButton", "reviewCountsLabel", "landmarksTable",
+            "modelComboBox", "detectionProgressBar", "inputVolumeSelector"} <= used
     for name in sorted(used):
         assert name in ui_widgets, f"self.ui.{name} is not in {UI_FILE.name}"
         assert ui_widgets[name].get("class") == expected_class(name), name
@@ -90,8 +109,8 @@ def parameter_fields(tree: ast.Module) -> dict[str, str]:
     raise AssertionError("no @parameterNodeWrapper class in the module")
 
 
-def test_widgets_bound_to_parameters_match_the_parameter_node(tree, ui_widgets):
-    fields = parameter_fields(tree)
+def test_widgets_bound_to_parameters_match_the_parameter_node(ui_widgets):
+    fields = parameter_fields(ast.parse(PARAMETERS.read_text(encoding="utf-8")))
     bound = {}
     for name, widget in ui_widgets.items():
         for prop in widget.findall("property"):
@@ -102,10 +121,12 @@ def test_widgets_bound_to_parameters_match_the_parameter_node(tree, ui_widgets):
         "inputVolume": "qMRMLNodeComboBox",
         "device": "QComboBox",
         "confidenceThreshold": "ctkSliderWidget",
+        "errorThreshold": "ctkSliderWidget",
         "updateUntouchedOnly": "QCheckBox",
         "landmarks": "qMRMLNodeComboBox",
     }
     assert "Choice" in fields["device"] and "WithinRange" in fields["confidenceThreshold"]
+    assert "WithinRange" in fields["errorThreshold"]
     assert fields["inputVolume"] == "vtkMRMLScalarVolumeNode" and fields["landmarks"] == "vtkMRMLMarkupsFiducialNode"
 
 
@@ -124,22 +145,54 @@ def imported_modules(node: ast.AST) -> list[str]:
     return []
 
 
-def test_module_imports_only_light_modules_at_import_time(tree):
+@pytest.mark.parametrize("path", gui_files(), ids=lambda path: path.name)
+def test_module_files_import_only_light_modules_at_import_time(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     top_level = [name for statement in tree.body for name in imported_modules(statement)]
     assert set(top_level) <= LIGHT_TOP_LEVEL_IMPORTS, set(top_level) - LIGHT_TOP_LEVEL_IMPORTS
-    lazy = [name for node in ast.walk(tree) for name in imported_modules(node) if name not in top_level]
-    assert any(name.startswith("H3DELandmarksLib.mrml") for name in lazy), "the library must be imported lazily"
     for statement in tree.body:
-        if isinstance(statement, (ast.If, ast.Try, ast.With, ast.Assign, ast.Expr)):
-            nested = [name for node in ast.walk(statement) for name in imported_modules(node)]
-            assert not [name for name in nested if name.startswith(HEAVY)], ast.unparse(statement)[:80]
+        if isinstance(statement, (ast.FunctionDef, ast.ClassDef)):
+            continue
+        heavy = {name for node in ast.walk(statement) for name in imported_modules(node) if name.startswith(HEAVY)}
+        assert heavy <= {LIGHT_LIBRARY_MODULE}, ast.unparse(statement)[:80]
 
 
-def test_library_is_imported_lazily_inside_functions_only(tree):
-    for node in ast.walk(tree):
-        for name in imported_modules(node):
-            if name.startswith(HEAVY):
-                assert node not in tree.body, name
+def test_the_panel_imports_the_library_lazily(widget_tree):
+    lazy = [name for node in ast.walk(widget_tree) for name in imported_modules(node)]
+    assert any(name.startswith("H3DELandmarksLib.mrml") for name in lazy), "the library must be imported lazily"
+
+
+def test_the_requirement_checker_needs_only_the_standard_library_and_packaging():
+    path = REPO / "H3DELandmarksLib" / "requirements.py"
+    names = {name.split(".")[0] for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             for name in imported_modules(node)}
+    assert names <= {"__future__", "importlib", "dataclasses", "pathlib", "packaging"}, names
+
+
+def test_the_module_file_is_a_thin_shim(tree):
+    assert len(MODULE.read_text(encoding="utf-8").splitlines()) <= MODULE_MAX_LINES
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert classes == {"H3DELandmarks", "H3DELandmarksWidget", "H3DELandmarksLogic", "H3DELandmarksTest"}
+    panel = {node.name for node in ast.parse(WIDGET.read_text(encoding="utf-8")).body if isinstance(node, ast.ClassDef)}
+    assert panel == {"H3DELandmarksPanel"}
+
+
+def test_the_panel_takes_its_logic_installer_and_job_starter_as_arguments(widget_tree):
+    panel = next(node for node in widget_tree.body if isinstance(node, ast.ClassDef))
+    init = next(item for item in panel.body if isinstance(item, ast.FunctionDef) and item.name == "__init__")
+    assert [argument.arg for argument in init.args.args] == ["self", "logic", "installer", "jobs", "parent"]
+
+
+def test_panel_constants_match_the_library():
+    pytest.importorskip("slicer")
+    from H3DELandmarksLib.device import DEVICES
+    from H3DELandmarksLib.mrml.review import DEFAULT_ERROR_THRESHOLD_MM
+
+    constants = {target.id: ast.literal_eval(statement.value)
+                 for statement in ast.parse(PARAMETERS.read_text(encoding="utf-8")).body
+                 if isinstance(statement, ast.Assign) for target in statement.targets}
+    assert set(constants["DEVICES"]) == set(DEVICES)
+    assert constants["DEFAULT_ERROR_THRESHOLD_MM"] == DEFAULT_ERROR_THRESHOLD_MM
 
 
 def test_resources_exist_and_the_icon_is_128_pixels_square():
@@ -161,29 +214,33 @@ def test_extension_metadata_is_complete():
     assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text and "include(${Slicer_EXTENSION_CPACK})" in text
 
 
-def test_module_build_installs_the_library_and_registers_the_self_test():
+def test_module_build_installs_the_library_the_panel_and_the_self_test():
     module_cmake = (REPO / "H3DELandmarks" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule(" in module_cmake and "H3DELandmarksLib/*.py" in module_cmake
-    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui", "Resources/Models/*"):
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui", "Resources/Models/*",
+                     "H3DELandmarksLib/*.txt"):
         assert resource in module_cmake, resource
+    listed = set(re.findall(r"^\s+((?:H3DELandmarksGUI|Testing)/\S+\.py)$", module_cmake, re.MULTILINE))
+    present = {path.relative_to(REPO / "H3DELandmarks").as_posix()
+               for path in [*GUI.glob("*.py"), *SELF_TESTS.glob("*.py")]}
+    assert listed == present
     testing = (REPO / "H3DELandmarks" / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest(SCRIPT" in testing and "H3DELandmarks.py" in testing
 
 
-def test_self_test_and_its_command_are_in_the_module(tree):
+def test_self_test_runs_the_test_cases_of_the_testing_folder(tree):
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     bases = {ast.unparse(base) for base in classes["H3DELandmarksTest"].bases}
     assert bases == {"ScriptedLoadableModuleTest"}
     methods = {item.name for item in classes["H3DELandmarksTest"].body if isinstance(item, ast.FunctionDef)}
-    assert {"runTest", "setUp", "test_H3DELandmarks_workflow"} <= methods
+    assert {"runTest", "setUp", "test_H3DELandmarks"} <= methods
     assert "slicer.testing.runUnitTest" in ast.get_docstring(tree)
+    assert list(SELF_TESTS.glob("*TestCase.py")), "no self-test case in H3DELandmarks/Testing"
 
 
-def test_module_installs_every_dependency_of_the_library(tree):
-    constants = {target.id: statement.value for statement in tree.body if isinstance(statement, ast.Assign)
-                 for target in statement.targets if isinstance(target, ast.Name)}
-    offered = {ast.literal_eval(constants["TORCH_REQUIREMENT"])}
-    offered |= {requirement for requirement, _ in ast.literal_eval(constants["REQUIREMENTS"])}
+def test_one_requirement_list_for_the_package_and_the_module():
     with open(REPO / "pyproject.toml", "rb") as stream:
-        needed = set(tomllib.load(stream)["project"]["dependencies"])
-    assert needed == offered
+        project = tomllib.load(stream)
+    assert "dependencies" not in project["project"] and "dependencies" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["H3DELandmarksLib/requirements.txt"]}
+    assert "requirements.txt" in project["tool"]["setuptools"]["package-data"]["*"]

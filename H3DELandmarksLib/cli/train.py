@@ -29,6 +29,8 @@ from ..training.distributed import is_main_process
 from ..training.initialization import InitialModel, fine_tuning_recipe, load_initial_model
 from ..training.loop import CACHE_DIR, train
 from ..training.recipe import derive_recipe, merge_recipe, model_id_for, summarize_data
+from .parent_guard import add_option as add_parent_guard_option
+from .parent_guard import stop_when_stdin_closes
 
 RECIPE_FILE = "recipe.json"
 COMPLETE_SECTIONS = ("model", "architecture", "preprocessing", "stages", "data")
@@ -63,11 +65,13 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
                         help="stop cleanly after M minutes (resume later with --resume); a derived recipe plans "
                              "its epochs to fit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_parent_guard_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; prints where the package is, or how to resume."""
+    stop_when_stdin_closes(args.stop_when_stdin_closes)
     file = _recipe_file(args)
     if file is None and args.data is None:
         raise TrainingConfigError("Nothing to train on: give --data DIR (and optionally a recipe file).")

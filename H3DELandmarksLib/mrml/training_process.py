@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import H3DEError
 from ..registry import read_package
-from .child_process import ChildProcessJob, library_command
+from .child_process import STOP_WHEN_STDIN_CLOSES, ChildProcessJob, library_command
 
 PACKAGE_DIR = "package"
 STEP_TEXT_LENGTH = 90
@@ -25,14 +25,15 @@ def training_command(dataset: str | Path, init_from: str, output_dir: str | Path
                      python: str | None = None) -> list[str]:
     """The command line training from `init_from` (``ID@VERSION`` or a package folder) on `dataset`."""
     return library_command("train", "--data", str(dataset), "--init-from", init_from, "--output", str(output_dir),
-                           "--device", device, python=python)
+                           "--device", device, STOP_WHEN_STDIN_CLOSES, python=python)
 
 
 def training_output_dir(dataset: str | Path, now: datetime | None = None) -> Path:
-    """A new folder beside the dataset for one training run: ``DATASET-models/YYYYmmdd-HHMMSS``."""
+    """A new folder beside the dataset for one training run: ``DATASET-models/DATASET-YYYYmmdd-HHMMSS``
+    (`h3de train` names the new model after it)."""
     dataset = Path(dataset)
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return dataset.parent / f"{dataset.name}-models" / stamp
+    return dataset.parent / f"{dataset.name}-models" / f"{dataset.name}-{stamp}"
 
 
 def start_training(dataset: str | Path, init_from: str, output_dir: str | Path, device: str = "auto",
