@@ -244,3 +244,17 @@ def test_one_requirement_list_for_the_package_and_the_module():
     assert "dependencies" not in project["project"] and "dependencies" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["H3DELandmarksLib/requirements.txt"]}
     assert "requirements.txt" in project["tool"]["setuptools"]["package-data"]["*"]
+
+
+@pytest.mark.parametrize("path", [*gui_files(), *sorted(SELF_TESTS.glob("*.py"))], ids=lambda path: path.name)
+def test_every_library_name_the_module_imports_exists(path):
+    """The lazy imports run only inside Slicer: a renamed or moved library name must fail here."""
+    pytest.importorskip("slicer")
+    import importlib.util
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("H3DELandmarksLib"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                    f"{path.name}: {node.module} has no {alias.name}"
