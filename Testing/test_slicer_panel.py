@@ -192,10 +192,10 @@ def test_the_commands_the_module_starts_accept_the_stdin_guard(tmp_path):
     from H3DELandmarksLib.cli.main import build_parser
     from H3DELandmarksLib.mrml.detect_process import detection_command
 
-    parser = build_parser()
     for command in (training_command(tmp_path, "skull@1.0.0", tmp_path / "out"),
                     detection_command(tmp_path / "in.nrrd", "skull@1.0.0", tmp_path / "out")):
-        assert parser.parse_args(command[3:]).stop_when_stdin_closes
+        arguments = command[3:]
+        assert build_parser(arguments[0]).parse_args(arguments).stop_when_stdin_closes
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
