@@ -14,7 +14,7 @@ LIBRARY = "H3DELandmarksLib"
 ROOT = Path(__file__).resolve().parents[1] / LIBRARY
 
 # The bottom row: shared by everything; each imports at most the errors.
-BOTTOM = {"errors", "atomic", "json_document", "device", "progress_events"}
+BOTTOM = {"errors", "atomic", "json_document", "device", "progress_events", "requirements"}
 BELOW_REGISTRY = BOTTOM | {"data", "model"}
 WORKERS = BELOW_REGISTRY | {"registry"}
 BELOW_MRML = WORKERS | {"inference", "training", "evaluation"}
@@ -24,6 +24,8 @@ ALLOWED: dict[str, set[str]] = {
     "json_document": {"errors"},
     "device": {"errors"},
     "progress_events": {"errors"},
+    # The package's requirement list, read before any requirement is installed: imports nothing.
+    "requirements": set(),
     "data": BOTTOM,
     # The network is a leaf: nothing of the project but the bottom row.
     "model": BOTTOM,
