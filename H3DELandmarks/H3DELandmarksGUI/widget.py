@@ -114,7 +114,7 @@ class H3DELandmarksPanel(qt.QWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
-        if self.jobKind == self.kinds().DETECTION:
+        if self.job is not None and self.jobKind == self.kinds().DETECTION:
             self.endJob(cancel=True)
             self.showStatus(self.texts().SCENE_CLOSED.format(kind=_("detection")), error=True)
         self.setParameterNode(None)
@@ -312,7 +312,7 @@ class H3DELandmarksPanel(qt.QWidget, VTKObservationMixin):
     # Detection
 
     def onDetectButton(self):
-        if self.jobKind == self.kinds().DETECTION:
+        if self.job is not None and self.jobKind == self.kinds().DETECTION:
             self.endJob(cancel=True)
             self.showStatus(_("Landmark detection was cancelled."))
             return
@@ -349,7 +349,7 @@ class H3DELandmarksPanel(qt.QWidget, VTKObservationMixin):
     # Downloads and training
 
     def onDownloadButton(self):
-        if self.jobKind == self.kinds().DOWNLOAD:
+        if self.job is not None and self.jobKind == self.kinds().DOWNLOAD:
             self.endJob(cancel=True)
             self.showStatus(_("The download was cancelled; the next download resumes where it stopped."))
             return
@@ -358,7 +358,7 @@ class H3DELandmarksPanel(qt.QWidget, VTKObservationMixin):
             self.startJob(self.kinds().DOWNLOAD, choice.spec, lambda: self.jobStarter().download(choice.spec))
 
     def onTrainButton(self):
-        if self.jobKind == self.kinds().TRAINING:
+        if self.job is not None and self.jobKind == self.kinds().TRAINING:
             self.endJob(cancel=True)
             self.showStatus(_("Training was cancelled."))
             return
