@@ -59,7 +59,8 @@ def test_every_reported_case_is_predicted_by_a_model_that_never_saw_it(tmp_path,
         seen = set(provenance["train_cases"]) | set(provenance["validation_cases"])
         assert not seen & set(test_cases) and {"p4", "p5"} <= seen
         selection = json.loads((fold / "selection.json").read_text())
-        assert selection["cases"] == provenance["validation_cases"] and len(selection["settings"]) == 3
+        assert selection["cases"] == provenance["validation_cases"] and len(selection["settings"]) == 4
+        assert selection["settings"][-1]["tta_rotations"] == 4
         manifest = json.loads((fold / "selected" / "manifest.json").read_text())
         assert manifest["uncertainty"]["calibration"]["cases"] == selection["cases"]
     for case in ["p0", "p1", "p2", "p3"]:

@@ -67,3 +67,16 @@ def test_manifest_refuses_an_error_model_with_the_wrong_coefficient_count():
     document["uncertainty"]["features"] = ["heatmap_width"]
     with pytest.raises(ModelPackageError, match="uncertainty"):
         validate_manifest(document)
+
+
+def test_test_time_rotations_keep_positions_and_add_their_spread():
+    volume = blob_volume(DIRECTIONS["oblique"], truth_positions())
+    net = BlobHeatmapNet(4, 1 / (LEVEL_STEP * 5))
+    stages = [COARSE, {**FINE, "tta_rotations": 3, "tta_degrees": 8.0}]
+    detection = Predictor(net, manifest(4, "canonical", stages), device="cpu").predict(volume)
+    assert np.all(np.linalg.norm(detection.landmarks.positions - truth_positions(), axis=1) < 1.0)
+    assert np.all(detection.signals["tta_spread_mm"] < 0.5)
+    assert set(detection.signals) == {"pass_shift_mm", "shape_residual_mm", "tta_spread_mm", "confidence"}
+    coarse_stage = {**COARSE, "tta_rotations": 2}
+    with pytest.raises(ModelPackageError, match="tta_rotations applies only to the fine stage"):
+        validate_manifest(manifest(4, "canonical", [coarse_stage, FINE]))

@@ -7,8 +7,8 @@ are dealt into k folds (seeded, written to ``OUT/folds.json``). For each fold:
    filtered), so neither training nor its inner validation can see them;
 2. ``h3de train RECIPE --data OUT/fold-K/data --output OUT/fold-K/run`` (the recipe's own inner
    validation split, drawn from the remaining cases, stops training early);
-3. inference settings (fine passes, shape prior width) chosen on those inner validation cases
-   only, and the expected-error model fitted on their detections with the chosen settings;
+3. inference settings (fine passes, shape prior width, then test-time rotations for the best of
+   those) chosen on those inner validation cases only, and the expected-error model fitted on their detections with the chosen settings;
    written as the package ``OUT/fold-K/selected`` (same weights) and ``selection.json``;
 4. ``h3de detect`` on the fold's whole scans with that package into ``OUT/predictions``.
 
@@ -46,6 +46,7 @@ from H3DELandmarksLib.registry import read_package, write_package
 NOT_FINISHED = 3
 PASSES = (1, 2, 3)
 SHAPE_PRIORS_MM = (None, 1.0, 2.0, 3.0)
+TEST_TIME_ROTATIONS = 4
 BASELINE = Path("baselines") / "malpaca_errors.csv"
 
 
@@ -131,18 +132,25 @@ def _select(fold: Path, data: Path, threads: int | None) -> Path:
     cases = manifest["training"]["data"]["validation_cases"]
     dataset = GenericDataset(data)
     scans = {case: dataset.load(case) for case in cases}
-    rows, best = [], None
-    for passes, prior in _settings(manifest):
-        candidate = _with_settings(manifest, passes, prior)
+    rows, trials = [], []
+
+    def trial(passes: int, prior: float | None, rotations: int) -> None:
+        candidate = _with_settings(manifest, passes, prior, rotations)
         predictor = Predictor(networks, candidate, device="cpu", threads=threads)
         detections = {case: predictor.predict(volume) for case, (volume, _) in scans.items()}
         errors = {case: radial_errors(detections[case].landmarks, truth) for case, (_, truth) in scans.items()}
         mre = float(np.mean([np.nanmean(value) for value in errors.values()]))
-        rows.append({"passes": passes, "shape_prior_mm": prior, "inner_validation_mre_mm": round(mre, 4)})
-        print(f"{fold.name}: passes {passes}, prior {prior}: inner validation MRE {mre:.4f} mm", flush=True)
-        if best is None or mre < best[0]:
-            best = (mre, candidate, detections, errors)
-    _, chosen, detections, errors = best
+        rows.append({"passes": passes, "shape_prior_mm": prior, "tta_rotations": rotations,
+                     "inner_validation_mre_mm": round(mre, 4)})
+        print(f"{fold.name}: passes {passes}, prior {prior}, {rotations} test-time rotations: inner validation "
+              f"MRE {mre:.4f} mm", flush=True)
+        trials.append((mre, len(trials), candidate, detections, errors))
+
+    for passes, prior in _settings(manifest):
+        trial(passes, prior, 0)
+    best = min(trials)
+    trial(rows[best[1]]["passes"], rows[best[1]]["shape_prior_mm"], TEST_TIME_ROTATIONS)
+    _, _, chosen, detections, errors = min(trials)
     signals = {name: np.concatenate([detections[case].signals[name] for case in cases])
                for name in detections[cases[0]].signals}
     error_model = fit_error_model(signals, np.concatenate([errors[case] for case in cases]),
@@ -161,10 +169,13 @@ def _settings(manifest: dict) -> list[tuple[int, float | None]]:
     return [(passes, prior) for passes in PASSES for prior in priors]
 
 
-def _with_settings(manifest: dict, passes: int, prior: float | None) -> dict:
+def _with_settings(manifest: dict, passes: int, prior: float | None, rotations: int) -> dict:
     candidate = json.loads(json.dumps(manifest))
     fine = candidate["preprocessing"]["stages"][-1]
     fine["passes"] = passes
+    fine.pop("tta_rotations", None)
+    if rotations:
+        fine["tta_rotations"] = rotations
     fine.pop("shape_prior_mm", None)
     if prior is not None:
         fine["shape_prior_mm"] = prior

@@ -10,6 +10,8 @@ positions found so far (`data.shape`) before each pass: its patches take the fit
 outliers of the fit start from their fitted positions, and with ``shape_prior_mm`` each landmark's
 peak is chosen under a Gaussian prior around its fitted position (look-alikes such as a
 structure's mirror image lose against the peak where the skull's shape expects the landmark).
+With ``tta_rotations`` the last pass runs again with its patch axes tilted by ``tta_degrees``;
+each position is the median of those runs and their spread a signal of its reliability.
 A manifest with a single stage runs it in windows over the whole volume. Each detection also gives
 per-point signals of its own reliability (`uncertainty`), which a manifest's fitted error model
 turns into an expected error in millimetres. No ground truth is used
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from torch import nn
 
 from ..data.landmarks import Landmarks
@@ -180,8 +183,9 @@ class Predictor:
         if len(self.stages) == 2:
             coarse = self._whole_volume(volume, self.stages[0], reporter, (0.0, COARSE_SHARE), timings)
             coarse_positions = coarse.positions
-            before, final = self._refine(volume, self.stages[1], coarse, reporter, (COARSE_SHARE, 1.0), timings)
-            signals = self._signals(before, final)
+            before, final, spread = self._refine(volume, self.stages[1], coarse, reporter, (COARSE_SHARE, 1.0),
+                                                 timings)
+            signals = self._signals(before, final, spread)
         else:
             final = self._whole_volume(volume, self.stages[0], reporter, (0.0, 1.0), timings)
         expected_error = None
@@ -199,7 +203,7 @@ class Predictor:
         reporter.report("done", 1.0)
         return Detection(landmarks, self.model_id, self.model_version, dict(timings), coarse_positions, signals)
 
-    def _signals(self, before: _Peaks, final: _Peaks) -> dict[str, np.ndarray]:
+    def _signals(self, before: _Peaks, final: _Peaks, spread: np.ndarray | None) -> dict[str, np.ndarray]:
         """Per-landmark reliability signals of a two-stage detection (see `uncertainty`)."""
         residual = np.full(len(self.names), np.nan)
         if len(self.mean_shape):
@@ -207,11 +211,14 @@ class Predictor:
                 residual = robust_shape_fit(self.mean_shape, final.positions, final.confidence).residuals
             except ValueError:
                 pass  # fewer known points than a shape fit needs: the residual stays unknown
-        return {
+        signals = {
             "pass_shift_mm": np.linalg.norm(final.positions - before.positions, axis=1),
             "shape_residual_mm": residual,
             "confidence": final.confidence.copy(),
         }
+        if spread is not None:
+            signals["tta_spread_mm"] = spread
+        return signals
 
     def _whole_volume(self, volume: Volume, stage: dict, reporter: _Progress, span: tuple[float, float],
                       timings: dict[str, float]) -> _Peaks:
@@ -237,14 +244,15 @@ class Predictor:
         return _Peaks(selection.positions, selection.confidence)
 
     def _refine(self, volume: Volume, stage: dict, coarse: _Peaks, reporter: _Progress,
-                span: tuple[float, float], timings: dict[str, float]) -> tuple[_Peaks, _Peaks]:
+                span: tuple[float, float], timings: dict[str, float]) -> tuple[_Peaks, _Peaks, np.ndarray | None]:
         """Run `stage` in patches centred on the coarse positions, `passes` times, each pass centred
         on the previous one's positions; each landmark from its own channel. Returns the positions
-        before the last pass (the coarse ones with a single pass) and after it."""
+        before the last pass (the coarse ones with a single pass), after it (the median of its
+        test-time rotations when it has some) and the rotations' spread (None without)."""
         orientation = stage.get("orientation", self.orientation)
         direction = None if orientation == "shape-aligned" else stage_direction(volume, orientation)
-        passes = int(stage.get("passes", 1))
-        share = (span[1] - span[0]) / passes
+        passes, rotations = int(stage.get("passes", 1)), int(stage.get("tta_rotations", 0))
+        share = (span[1] - span[0]) / (passes + rotations)
         found, expected = coarse, None
         for number in range(passes):
             before = found
@@ -254,7 +262,15 @@ class Predictor:
             else:
                 centres = found.positions
             found = self._refine_pass(volume, stage, centres, direction, expected, reporter, pass_span, timings)
-        return before, found
+        if not rotations:
+            return before, found, None
+        runs = [found]
+        for number, tilt in enumerate(tilts(rotations, float(stage.get("tta_degrees", 6.0))), start=passes):
+            pass_span = (span[0] + number * share, span[0] + (number + 1) * share)
+            runs.append(self._refine_pass(volume, stage, centres, direction @ tilt, expected, reporter, pass_span,
+                                          timings))
+        combined, spread = _median_of(runs)
+        return before, combined, spread
 
     def _shape_aligned_start(self, found: _Peaks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patch centres, axes and expected positions of a shape-aligned pass.
@@ -337,6 +353,21 @@ class Predictor:
                 score = maps.reshape(len(landmarks), -1).amax(1)
         return (coordinates.cpu().double().numpy(), confidence.cpu().double().numpy(),
                 score.cpu().double().numpy())
+
+
+def tilts(count: int, degrees: float) -> list[np.ndarray]:
+    """`count` rotation matrices of `degrees` about +x, +y, +z, -x, -y, -z, +x, ... (patch axes)."""
+    axes = np.vstack([np.eye(3), -np.eye(3)])
+    return [Rotation.from_rotvec(np.radians(degrees) * axes[index % 6]).as_matrix() for index in range(count)]
+
+
+def _median_of(runs: list[_Peaks]) -> tuple[_Peaks, np.ndarray]:
+    """Per landmark: the median position and mean confidence of the runs, and the median
+    distance of the runs' positions from that median."""
+    positions = np.stack([run.positions for run in runs])
+    median = np.median(positions, axis=0)
+    spread = np.median(np.linalg.norm(positions - median, axis=2), axis=0)
+    return _Peaks(median, np.mean([run.confidence for run in runs], axis=0)), spread
 
 
 def _batches(items: Sequence, size: int) -> Iterator[tuple[int, list]]:

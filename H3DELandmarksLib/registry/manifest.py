@@ -83,8 +83,9 @@ def _stages_problem(manifest: dict) -> tuple[str, str] | None:
         where = f"preprocessing.stages[{index}]"
         if stage.get("orientation") == "shape-aligned" and stage["name"] != "fine":
             return f"{where}.orientation", "may be shape-aligned only for the fine stage"
-        if "passes" in stage and stage["name"] != "fine":
-            return f"{where}.passes", "applies only to the fine stage"
+        for key in ("passes", "tta_rotations", "tta_degrees"):
+            if key in stage and stage["name"] != "fine":
+                return f"{where}.{key}", "applies only to the fine stage"
         if "shape_prior_mm" in stage and stage.get("orientation") != "shape-aligned":
             return f"{where}.shape_prior_mm", "applies only to a shape-aligned stage"
         if "shape_prior_mm" in stage and manifest["architecture"].get("head", "heatmap") != "heatmap":

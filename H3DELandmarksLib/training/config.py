@@ -41,7 +41,7 @@ LAYOUTS = ("generic", "mmld", "phantom")
 BASES = {"default": default_config, "reference": reference_config}
 FROM_DATA = "from data"
 NETWORK_DEPTH_STRIDE = 32
-INFERENCE_ONLY_STAGE_KEYS = ("passes", "shape_prior_mm")
+INFERENCE_ONLY_STAGE_KEYS = ("passes", "shape_prior_mm", "tta_rotations", "tta_degrees")
 
 
 class TrainingConfigError(H3DEError):
@@ -76,8 +76,10 @@ class StageConfig:
             previous pass's positions.
         shape_prior_mm: shape-aligned stage: width of the Gaussian prior around each landmark's
             fitted position under which the predictor chooses its peak.
+        tta_rotations, tta_degrees: fine stage: test-time rotations of the last pass (count and
+            tilt); the positions are their median.
 
-    `passes` and `shape_prior_mm` only tell the predictor how to run the stage: they go into the
+    `passes`, `shape_prior_mm` and the test-time rotations only tell the predictor how to run the stage: they go into the
     manifest but leave training alone, so they are not part of the configuration's digest (a
     finished run resumed with new values writes its package again with them).
     """
@@ -104,6 +106,8 @@ class StageConfig:
     orientation: str | None = None
     passes: int = 1
     shape_prior_mm: float | None = None
+    tta_rotations: int = 0
+    tta_degrees: float = 6.0
 
     def manifest_entry(self) -> dict:
         """The stage as the manifest's ``preprocessing.stages`` lists it."""
@@ -114,6 +118,8 @@ class StageConfig:
             entry["passes"] = self.passes
         if self.shape_prior_mm is not None:
             entry["shape_prior_mm"] = self.shape_prior_mm
+        if self.tta_rotations:
+            entry.update(tta_rotations=self.tta_rotations, tta_degrees=self.tta_degrees)
         return entry
 
     @property
