@@ -14,13 +14,14 @@ LIBRARY = "H3DELandmarksLib"
 ROOT = Path(__file__).resolve().parents[1] / LIBRARY
 
 # The bottom row: shared by everything; each imports at most the errors.
-BOTTOM = {"errors", "atomic", "json_document", "device", "progress_events", "requirements"}
+BOTTOM = {"errors", "atomic", "checksums", "json_document", "device", "progress_events", "requirements"}
 BELOW_REGISTRY = BOTTOM | {"data", "model"}
 WORKERS = BELOW_REGISTRY | {"registry"}
 BELOW_MRML = WORKERS | {"inference", "training", "evaluation"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "atomic": {"errors"},
+    "checksums": set(),
     "json_document": {"errors"},
     "device": {"errors"},
     "progress_events": {"errors"},

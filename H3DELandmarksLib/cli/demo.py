@@ -33,6 +33,7 @@ def add_parser(subparsers, summary: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.landmark_files import write_mrk_json
+    from ..data.landmark_files.common import status_text
     from ..data.phantom import PHANTOM_LANDMARK_NAMES, make_phantom
     from ..data.volume_io import write_volume
     from ..evaluation.metrics import radial_errors
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - started:.1f} s including model loading.")
     print(f"{'landmark':<14} {'truth':>8} {'predicted':>10} {'confidence':>10} {'error mm':>9}")
     for index, name in enumerate(truth.names):
-        status = "present" if truth.present[index] else "absent"
-        found = "present" if predicted.present[index] else "absent"
+        status = status_text(truth.present[index])
+        found = status_text(predicted.present[index])
         error = "" if np.isnan(errors[index]) else f"{errors[index]:.2f}"
         print(f"{name:<14} {status:>8} {found:>10} {predicted.confidence[index]:>10.2f} {error:>9}")
     valid = errors[~np.isnan(errors)]

@@ -27,6 +27,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from ..checksums import sha256_of
 from ..errors import LandmarkFileError, VolumeError
 from .landmark_files import read_landmarks
 from .landmark_files.common import read_text
@@ -39,7 +40,6 @@ from .volume_io import read_volume, volume_format, volume_stem
 CASES_FILE = "cases.csv"
 LANDMARK_SUFFIXES = (".mrk.json", ".fcsv", ".csv", ".json")
 SPLITS = ("train", "validation", "test")
-HASH_CHUNK = 1 << 20
 
 
 class CaseSource(Protocol):
@@ -84,7 +84,7 @@ class _FileDataset:
             digest = hashlib.sha256()
             for path in self._files[case]:
                 digest.update(path.name.encode())
-                digest.update(file_sha256(path).encode())
+                digest.update(sha256_of(path).encode())
             self._fingerprints[case] = digest.hexdigest()
         return self._fingerprints[case]
 
@@ -276,14 +276,6 @@ def split_cases(
     if not train:
         raise VolumeError("No training cases are left after the validation split.")
     return train, sorted(validation)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _matches(notes: dict[str, str], where: dict[str, str]) -> bool:

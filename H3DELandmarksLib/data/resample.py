@@ -1,9 +1,9 @@
-"""Resampling, reorientation and cropping of volumes, done in physical (LPS mm) space.
+"""Patches and index boxes of volumes, done in physical (LPS mm) space.
 
 Every function takes and returns a `Volume` (array ``[k, j, i]``; sizes, indices, spacing and
 direction columns in ITK ``(i, j, k)`` order). A point keeps its LPS position through every
-operation. Interpolation uses SimpleITK; `crop_or_pad_to_box`, `crop_to_physical_box` and the
-reorientation of axis-aligned volumes copy voxels without interpolating.
+operation. `resample_patch` interpolates with SimpleITK; `crop_or_pad_to_box` copies voxels
+without interpolating.
 
 Voxel type: "nearest" keeps the input's voxel type; "linear" and "bspline" give float32
 (float64 for float64 input). Points outside the input get `default_value`; None means the
@@ -12,7 +12,6 @@ input's minimum (air, for CT).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,59 +24,10 @@ INTERPOLATORS = {
     "nearest": sitk.sitkNearestNeighbor,
     "bspline": sitk.sitkBSpline,
 }
-# Largest deviation from 0/±1 of a direction matrix still treated as a signed permutation.
-PERMUTATION_TOLERANCE = 1e-5
 # Which end (0: low, 1: high) of each axis the 8 corners of a box take.
 CORNER_ENDS = np.array(list(np.ndindex(2, 2, 2)), bool)
 
 Triple = float | Sequence[float]
-
-
-def resample_to_spacing(
-    volume: Volume,
-    spacing: Triple,
-    interpolator: str = "linear",
-    default_value: float | None = None,
-) -> Volume:
-    """Resample to a new spacing (mm, scalar or (i, j, k)) over the same region and direction.
-
-    The new grid starts at the same outer voxel edge as the input; its size along each axis is
-    ``ceil(size * old_spacing / new_spacing)``.
-    """
-    new_spacing = _positive_triple(spacing, "spacing")
-    old_spacing = np.asarray(volume.spacing, float)
-    extent = old_spacing * np.asarray(volume.shape_ijk)
-    size = np.maximum(1, np.ceil(extent / new_spacing - 1e-9)).astype(int)
-    direction = np.asarray(volume.direction, float)
-    origin = np.asarray(volume.origin, float) + direction @ ((new_spacing - old_spacing) / 2)
-    return _resample(volume, size, new_spacing, origin, direction, interpolator, default_value)
-
-
-def reorient_to_canonical(
-    volume: Volume, interpolator: str = "linear", default_value: float | None = None
-) -> Volume:
-    """Return the volume on an identity-direction grid (i → L, j → P, k → S), same region.
-
-    When the direction matrix is a signed permutation (axis-aligned volume, e.g. RAS or
-    sagittal), voxels are only permuted and flipped: values are exact and the spacing follows
-    its axis. An oblique volume is resampled with `interpolator` onto the axis-aligned grid
-    covering its bounding box, with the smallest input spacing on every axis.
-    """
-    direction = np.asarray(volume.direction, float)
-    rounded = np.round(direction)
-    is_signed_permutation = (
-        np.max(np.abs(direction - rounded)) < PERMUTATION_TOLERANCE
-        and np.array_equal(np.abs(rounded).sum(axis=0), np.ones(3))
-        and np.array_equal(np.abs(rounded).sum(axis=1), np.ones(3))
-    )
-    if is_signed_permutation:
-        oriented = Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), "LPS"))
-        return dataclasses.replace(oriented, direction=np.eye(3))
-    spacing = np.full(3, min(volume.spacing))
-    corners = volume.index_to_physical(_box_corners(volume.shape_ijk))
-    low, high = corners.min(axis=0), corners.max(axis=0)
-    size = np.maximum(1, np.ceil((high - low) / spacing - 1e-9)).astype(int)
-    return _resample(volume, size, spacing, low + spacing / 2, np.eye(3), interpolator, default_value)
 
 
 def crop_or_pad_to_box(
@@ -104,41 +54,6 @@ def crop_or_pad_to_box(
         spacing=volume.spacing,
         origin=tuple(float(o) for o in volume.index_to_physical(start)),
         direction=np.array(volume.direction, float),
-    )
-
-
-def crop_to_physical_box(
-    volume: Volume, lps_min: Sequence[float], lps_max: Sequence[float], pad_value: float
-) -> Volume:
-    """Crop (or pad) to the voxels of the volume's own grid touching the LPS box [lps_min, lps_max].
-
-    No interpolation: the result is the smallest index box whose voxels cover the physical box
-    (for an oblique volume, the index box around the physical box's eight corners).
-    """
-    low, high = np.asarray(lps_min, float), np.asarray(lps_max, float)
-    if low.shape != (3,) or high.shape != (3,) or np.any(high < low):
-        raise ValueError(f"lps_min must be <= lps_max, 3 values each, got {lps_min}, {lps_max}")
-    indices = volume.physical_to_index(np.where(CORNER_ENDS, high, low))
-    first = np.floor(indices.min(axis=0) + 0.5).astype(int)
-    last = np.ceil(indices.max(axis=0) - 0.5).astype(int)
-    return crop_or_pad_to_box(volume, first, last - first + 1, pad_value)
-
-
-def resample_to_reference(
-    volume: Volume,
-    reference: Volume,
-    interpolator: str = "linear",
-    default_value: float | None = None,
-) -> Volume:
-    """Resample `volume` onto the grid (size, spacing, origin, direction) of `reference`."""
-    return _resample(
-        volume,
-        np.asarray(reference.shape_ijk),
-        np.asarray(reference.spacing, float),
-        np.asarray(reference.origin, float),
-        np.asarray(reference.direction, float),
-        interpolator,
-        default_value,
     )
 
 
@@ -205,11 +120,6 @@ def _positive_triple(value: Triple, name: str) -> np.ndarray:
     if not np.all(np.isfinite(triple) & (triple > 0)):
         raise ValueError(f"{name} must be positive, got {value}")
     return triple
-
-
-def _box_corners(size_ijk: Sequence[int]) -> np.ndarray:
-    """The 8 outer voxel-edge corners of a grid, as continuous (i, j, k) indices."""
-    return np.where(CORNER_ENDS, np.asarray(size_ijk, float) - 0.5, -0.5)
 
 
 def _kji_slices(start_ijk: np.ndarray, stop_ijk: np.ndarray) -> tuple[slice, ...]:

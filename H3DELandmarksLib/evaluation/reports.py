@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from ..data.landmark_files.common import status_text
 from ..errors import H3DEError
 from .metrics import EvaluationResult
 from .reliability import Reliability, calibration_figure, reliability, reliability_lines
@@ -125,7 +126,7 @@ def error_rows(result: EvaluationResult) -> list[dict[str, object]]:
     rows = []
     for c, case in enumerate(result.case_names):
         for n, name in enumerate(result.landmark_names):
-            predicted = "present" if result.predicted_present[c, n] else "absent"
+            predicted = status_text(result.predicted_present[c, n])
             if not result.predicted_located[c, n]:
                 predicted = "absent (no position)"
             rows.append(
@@ -134,7 +135,7 @@ def error_rows(result: EvaluationResult) -> list[dict[str, object]]:
                     "landmark": name,
                     "error_mm": _number(result.errors_mm[c, n]),
                     "error_voxels": _number(result.in_voxels(result.errors_mm[c, n])),
-                    "truth_status": "present" if result.truth_present[c, n] else "absent",
+                    "truth_status": status_text(result.truth_present[c, n]),
                     "predicted_status": predicted,
                     "predicted_confidence": _number(result.predicted_confidence[c, n]),
                 }

@@ -21,7 +21,7 @@ from pathlib import Path
 import slicer
 
 from ..atomic import atomic_destination, atomic_write_text
-from ..data.landmark_files.common import number_text, split_annotated_description
+from ..data.landmark_files.common import number_text, split_annotated_description, status_text
 from ..errors import LandmarkFileError
 from .corrections import review_points
 from .markups_node import VOLUME_REFERENCE_ROLE, confidence_threshold, point_position_lps
@@ -87,7 +87,7 @@ def export_csv(
             _description(node, review.index),
             *_coordinates(review.position),
             _number(review.confidence),
-            "present" if review.position is not None else "absent",
+            status_text(review.position is not None),
             review.status,
             *_coordinates(review.predicted_position),
             _number(review.displacement_mm),

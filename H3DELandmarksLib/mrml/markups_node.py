@@ -161,11 +161,6 @@ def read_predictions(node: slicer.vtkMRMLMarkupsFiducialNode) -> dict[str, Predi
     return {name: Prediction.from_json(item) for name, item in json.loads(text).items()}
 
 
-def node_model(node: slicer.vtkMRMLMarkupsFiducialNode) -> tuple[str | None, str | None]:
-    """(model id, model version) of the node's last detection; (None, None) if it has none."""
-    return node.GetAttribute(MODEL_ID_ATTRIBUTE), node.GetAttribute(MODEL_VERSION_ATTRIBUTE)
-
-
 def point_labels(node: slicer.vtkMRMLMarkupsFiducialNode) -> list[str]:
     """Labels of the node's control points, in order."""
     return [node.GetNthControlPointLabel(index) for index in range(node.GetNumberOfControlPoints())]

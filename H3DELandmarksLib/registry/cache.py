@@ -10,9 +10,10 @@ Layout under the cache root::
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from platformdirs import user_cache_dir
 
 from ..atomic import remove_directory
 
@@ -25,13 +26,7 @@ def default_cache_dir() -> Path:
     override = os.environ.get(CACHE_ENV)
     if override:
         return Path(override).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-        return base / APP_NAME / "Cache" / "models"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / APP_NAME / "models"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / APP_NAME / "models"
+    return Path(user_cache_dir(APP_NAME, appauthor=False)) / "models"
 
 
 @dataclass(frozen=True)

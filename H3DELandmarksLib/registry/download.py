@@ -18,10 +18,11 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from ..checksums import sha256_of
 from ..errors import DownloadError, ModelPackageError
 from .cache import ModelCache
 from .catalog import Registry, load_registry
-from .package import sha256_of, unpack_package
+from .package import unpack_package
 from .resolve import NOT_DOWNLOADED, model_status, resolve_model
 
 DEFAULT_TIMEOUT = (10.0, 60.0)

@@ -6,7 +6,6 @@ so a reader never sees half a package.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ..atomic import atomic_destination, remove_directory, temporary_sibling
+from ..checksums import CHUNK_BYTES, sha256_of
 from ..errors import ModelPackageError
 from ..model.config import H3DEConfig
 from .manifest import read_manifest, validate_manifest
@@ -28,7 +28,6 @@ WEIGHTS_FILE = "model.safetensors"
 PACKAGE_FILES = (MANIFEST_FILE, WEIGHTS_FILE)
 WEIGHT_DTYPES = {"F16", "BF16", "F32", "F64", "I64"}
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
-CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -174,15 +173,6 @@ def unpack_package(zip_path: str | os.PathLike, directory: str | os.PathLike,
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return read_package(directory)
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_json_member(archive: zipfile.ZipFile, zip_path: Path) -> object:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from pathlib import Path
 
+from ..checksums import sha256_of
 from ..errors import ModelPackageError
 from .cache import ModelCache
 from .catalog import Registry, load_registry
-from .package import CHUNK_BYTES, PACKAGE_FILES, check_package, sha256_of
+from .package import PACKAGE_FILES, check_package
 from .resolve import BUNDLED, NOT_DOWNLOADED, model_status
 
 
@@ -60,8 +60,5 @@ def _archive_problems(cache: ModelCache, model_id: str, version: str, sha256: st
 
 
 def _member_sha256(archive: zipfile.ZipFile, name: str) -> str:
-    digest = hashlib.sha256()
     with archive.open(name) as member:
-        while chunk := member.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_of(member)

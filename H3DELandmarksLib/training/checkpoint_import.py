@@ -9,7 +9,6 @@ The architecture (head, widths, depths, landmark count, anchors) is read off the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..checksums import sha256_of
 from ..errors import CheckpointError
 from ..model.config import H3DEConfig, reference_config
 from ..model.network import H3DENet
@@ -99,7 +99,7 @@ def import_checkpoint(checkpoint: str | os.PathLike, landmark_names: list[str], 
             f"{len(landmark_names)} landmark names were given but the checkpoint predicts {config.n_landmarks} landmarks."
         )
     net = load_reference_weights(config, state)
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    digest = sha256_of(checkpoint)
     model_id = model_id or re.sub(r"[^a-z0-9-]+", "-", Path(out).name.lower()).strip("-") or "imported"
     variant = "PBiFormer_Unet" if config.head == "proposals" else "BiFormer_Unet"
     manifest = {

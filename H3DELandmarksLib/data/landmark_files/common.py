@@ -18,6 +18,13 @@ import numpy as np
 from ...errors import LandmarkFileError
 from ..landmarks import Landmarks
 
+# A landmark's status in the CSV and JSON tables, present first.
+STATUSES = ("present", "absent")
+
+
+def status_text(present: bool) -> str:
+    """"present" or "absent"."""
+    return STATUSES[0] if present else STATUSES[1]
 CONFIDENCE_SUFFIX = re.compile(r"(?:^|;\s*)confidence\s*[:=]?\s*(?P<value>[-+0-9.eE]+)\s*$", re.IGNORECASE)
 EXPECTED_ERROR_SUFFIX = re.compile(
     r"(?:^|;\s*)expected error\s*[:=]?\s*(?P<value>[-+0-9.eE]+)\s*mm\s*$", re.IGNORECASE

@@ -18,10 +18,9 @@ import os
 from ...atomic import atomic_write_text
 from ..landmarks import Landmarks
 from ..volume import Volume
-from .common import build_landmarks, invalid_file, number_text, parse_number, read_text
+from .common import STATUSES, build_landmarks, invalid_file, number_text, parse_number, read_text, status_text
 
 KIND = "landmark CSV"
-STATUSES = ("present", "absent")
 
 
 def write_csv(
@@ -55,7 +54,7 @@ def write_csv(
         row += [number_text(confidence) if math.isfinite(confidence) else ""]
         expected_error = landmarks.expected_error[index]
         row += [number_text(expected_error) if math.isfinite(expected_error) else ""]
-        row += [STATUSES[0] if landmarks.present[index] else STATUSES[1]]
+        row += [status_text(landmarks.present[index])]
         row += [str(value) for value in model_columns.values()]
         writer.writerow(row)
     atomic_write_text(path, stream.getvalue(), overwrite=overwrite)

@@ -22,10 +22,9 @@ import os
 from ...atomic import atomic_write_text
 from ..landmarks import Landmarks
 from ..volume import Volume
-from .common import as_point, build_landmarks, invalid_file, read_text
+from .common import STATUSES, as_point, build_landmarks, invalid_file, read_text, status_text
 
 KIND = "landmark JSON"
-STATUSES = ("present", "absent")
 
 
 def write_json(
@@ -51,7 +50,7 @@ def write_json(
         item["confidence"] = confidence if math.isfinite(confidence) else None
         expected_error = float(landmarks.expected_error[index])
         item["expected_error_mm"] = expected_error if math.isfinite(expected_error) else None
-        item["status"] = STATUSES[0] if landmarks.present[index] else STATUSES[1]
+        item["status"] = status_text(landmarks.present[index])
         items.append(item)
     document = {"coordinate_system": "LPS", "units": "mm", "landmarks": items, "metadata": metadata or {}}
     atomic_write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n", overwrite=overwrite)
