@@ -15,7 +15,7 @@ from torch import nn
 from H3DELandmarksLib.data.volume import Volume
 from H3DELandmarksLib.inference import Predictor
 from H3DELandmarksLib.model.config import default_config
-from H3DELandmarksLib.registry import SCHEMA_VERSION
+from H3DELandmarksLib.registry import Manifest
 
 LEVEL_STEP = 100.0
 BALL_RADIUS_MM = 4.0
@@ -102,27 +102,23 @@ class BlobHeatmapNet(nn.Module):
 def manifest(n_landmarks: int, orientation: str, stages: list[dict], head: str = "heatmap",
              threshold: float = 0.3) -> dict:
     """A valid manifest for the stand-in networks; intensities map [0, 100 (L + 1)] onto [0, 1]."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "id": "blob-standin",
-        "version": "1.0.0",
-        "title": "Stand-in",
-        "description": "Image-computed stand-in network for geometry tests.",
-        "modality": "synthetic",
-        "architecture": default_config(n_landmarks, head=head).to_dict(),
-        "landmarks": [{"name": f"L{l}", "description": f"ball of level {int(v)}"}
-                      for l, v in enumerate(levels(n_landmarks))],
-        "preprocessing": {
-            "orientation": orientation,
-            "intensity": {"clip_min": 0.0, "clip_max": LEVEL_STEP * (n_landmarks + 1),
-                          "scale_min": 0.0, "scale_max": 1.0},
-            "stages": stages,
-        },
-        "confidence_threshold": threshold,
-        "training": {"provenance": {}, "data": {}, "recipe": {}, "command": "none", "metrics": {}},
-        "license": "CC0-1.0",
-        "created": "2025-01-01T00:00:00Z",
-    }
+    return Manifest(
+        id="blob-standin",
+        version="1.0.0",
+        title="Stand-in",
+        description="Image-computed stand-in network for geometry tests.",
+        modality="synthetic",
+        config=default_config(n_landmarks, head=head),
+        landmark_names=[f"L{l}" for l in range(n_landmarks)],
+        landmark_descriptions=[f"ball of level {int(v)}" for v in levels(n_landmarks)],
+        orientation=orientation,
+        intensity={"clip_min": 0.0, "clip_max": LEVEL_STEP * (n_landmarks + 1), "scale_min": 0.0, "scale_max": 1.0},
+        stages=stages,
+        confidence_threshold=threshold,
+        command="none",
+        license="CC0-1.0",
+        created="2025-01-01T00:00:00Z",
+    ).to_dict()
 
 
 COARSE = {"name": "coarse", "spacing_mm": [2.5, 2.5, 2.5], "patch_size": [32, 32, 32]}

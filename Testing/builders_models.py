@@ -7,39 +7,34 @@ import torch
 from builders_blobs import manifest
 from H3DELandmarksLib.model.config import default_config
 from H3DELandmarksLib.model.network import H3DENet
-from H3DELandmarksLib.registry import SCHEMA_VERSION, write_package
+from H3DELandmarksLib.registry import Manifest, write_package
 
 
 def valid_manifest(model_id: str = "test-skull", version: str = "1.0.0") -> dict:
     """A small, valid two-landmark manifest."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "id": model_id,
-        "version": version,
-        "title": "Test skull landmarks",
-        "description": "Two landmarks for tests.",
-        "modality": "synthetic CT",
-        "architecture": default_config(n_landmarks=2).to_dict(),
-        "landmarks": [{"name": "A", "description": "first"}, {"name": "B", "description": "second"}],
-        "preprocessing": {
-            "orientation": "canonical",
-            "intensity": {"clip_min": -1000, "clip_max": 2000, "scale_min": -1000, "scale_max": 2000},
-            "stages": [
-                {"name": "coarse", "spacing_mm": [2.0, 2.0, 2.0], "patch_size": [64, 64, 64]},
-                {"name": "fine", "spacing_mm": [0.5, 0.5, 0.5], "patch_size": [32, 32, 32]},
-            ],
-        },
-        "confidence_threshold": 0.3,
-        "training": {
-            "provenance": {"repository": "tests"},
-            "data": {"cases": 3},
-            "recipe": {"epochs": 1},
-            "command": "h3de train --config tests.json",
-            "metrics": {"mean_radial_error_mm": 1.25},
-        },
-        "license": "CC-BY-4.0",
-        "created": "2025-01-31T12:00:00Z",
-    }
+    return Manifest(
+        id=model_id,
+        version=version,
+        title="Test skull landmarks",
+        description="Two landmarks for tests.",
+        modality="synthetic CT",
+        config=default_config(n_landmarks=2),
+        landmark_names=["A", "B"],
+        landmark_descriptions=["first", "second"],
+        intensity={"clip_min": -1000, "clip_max": 2000, "scale_min": -1000, "scale_max": 2000},
+        stages=[
+            {"name": "coarse", "spacing_mm": [2.0, 2.0, 2.0], "patch_size": [64, 64, 64]},
+            {"name": "fine", "spacing_mm": [0.5, 0.5, 0.5], "patch_size": [32, 32, 32]},
+        ],
+        confidence_threshold=0.3,
+        provenance={"repository": "tests"},
+        data={"cases": 3},
+        recipe={"epochs": 1},
+        command="h3de train --config tests.json",
+        metrics={"mean_radial_error_mm": 1.25},
+        license="CC-BY-4.0",
+        created="2025-01-31T12:00:00Z",
+    ).to_dict()
 
 
 def small_state_dict() -> dict[str, torch.Tensor]:

@@ -71,30 +71,24 @@ def build_package(directory: Path, model: str, intensity: tuple[float, float]) -
     import torch
 
     from H3DELandmarksLib.model.network import H3DENet
-    from H3DELandmarksLib.registry import SCHEMA_VERSION, write_package
+    from H3DELandmarksLib.registry import Manifest, write_package
 
     torch.manual_seed(0)
     config, stages = model_design(model)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "id": f"bench-{directory.name}",
-        "version": "0.0.1",
-        "title": "Benchmark model (random weights)",
-        "description": "Untrained network, for timing only.",
-        "modality": "CT",
-        "architecture": config.to_dict(),
-        "landmarks": [{"name": f"landmark_{index:02d}"} for index in range(N_LANDMARKS)],
-        "preprocessing": {
-            "orientation": "canonical",
-            "intensity": {"clip_min": intensity[0], "clip_max": intensity[1], "scale_min": 0.0, "scale_max": 1.0},
-            "stages": stages,
-        },
-        "confidence_threshold": 0.5,
-        "training": {"provenance": {}, "data": {}, "recipe": {}, "command": "bench", "metrics": {}},
-        "license": "CC0-1.0",
-        "created": "2025-01-01T00:00:00Z",
-    }
-    return write_package(directory, manifest, H3DENet(config).state_dict(), overwrite=True).path
+    manifest = Manifest(
+        id=f"bench-{directory.name}",
+        version="0.0.1",
+        title="Benchmark model (random weights)",
+        description="Untrained network, for timing only.",
+        config=config,
+        landmark_names=[f"landmark_{index:02d}" for index in range(N_LANDMARKS)],
+        intensity={"clip_min": intensity[0], "clip_max": intensity[1], "scale_min": 0.0, "scale_max": 1.0},
+        stages=stages,
+        command="bench",
+        license="CC0-1.0",
+        created="2025-01-01T00:00:00Z",
+    )
+    return write_package(directory, manifest.to_dict(), H3DENet(config).state_dict(), overwrite=True).path
 
 
 def write_synthetic_volume(path: Path, size: tuple[int, int, int], spacing: float, dtype, intensity) -> None:

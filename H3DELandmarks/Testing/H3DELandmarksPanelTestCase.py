@@ -61,31 +61,27 @@ def writeRandomModel(folder, names):
 
     from H3DELandmarksLib.model.config import default_config
     from H3DELandmarksLib.model.network import H3DENet
-    from H3DELandmarksLib.registry import SCHEMA_VERSION, write_package
+    from H3DELandmarksLib.registry import Manifest, write_package
 
     config = default_config(len(names), embed_dims=(8, 16, 32, 64), qk_dims=(8, 16, 32, 64),
                             depths=(1, 1, 1, 1), decoder_dims=(32, 16, 16, 8), skip_dims=(8,))
     torch.manual_seed(0)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "id": "phantom-random",
-        "version": "0.0.1",
-        "title": "Random weights (self-test)",
-        "description": "Untrained network for testing the workflow only.",
-        "modality": "synthetic CT",
-        "architecture": config.to_dict(),
-        "landmarks": [{"name": name} for name in names],
-        "preprocessing": {
-            "orientation": "canonical",
-            "intensity": {"clip_min": -1000, "clip_max": 2000, "scale_min": -1000, "scale_max": 2000},
-            "stages": [{"name": "coarse", "spacing_mm": [4.0, 4.0, 4.0], "patch_size": [64, 64, 64]}],
-        },
-        "confidence_threshold": 0.0,
-        "training": {"provenance": {}, "data": {}, "recipe": {}, "command": "none", "metrics": {}},
-        "license": "CC0-1.0",
-        "created": "2025-01-01T00:00:00Z",
-    }
-    write_package(folder, manifest, H3DENet(config).state_dict())
+    manifest = Manifest(
+        id="phantom-random",
+        version="0.0.1",
+        title="Random weights (self-test)",
+        description="Untrained network for testing the workflow only.",
+        modality="synthetic CT",
+        config=config,
+        landmark_names=names,
+        intensity={"clip_min": -1000, "clip_max": 2000, "scale_min": -1000, "scale_max": 2000},
+        stages=[{"name": "coarse", "spacing_mm": [4.0, 4.0, 4.0], "patch_size": [64, 64, 64]}],
+        confidence_threshold=0.0,
+        command="none",
+        license="CC0-1.0",
+        created="2025-01-01T00:00:00Z",
+    )
+    write_package(folder, manifest.to_dict(), H3DENet(config).state_dict())
     return folder
 
 

@@ -3,7 +3,7 @@
 from .cache import ModelCache, default_cache_dir
 from .catalog import Registry, RegistryEntry, default_registry_path, load_registry, parse_model_spec
 from .download import download_file, download_model
-from .manifest import SCHEMA_VERSION, read_manifest, validate_manifest
+from .manifest import SCHEMA_VERSION, Manifest, read_manifest, validate_manifest
 from .package import (
     ModelPackage,
     PackedPackage,
@@ -19,6 +19,7 @@ from .verify import verify_model
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Manifest",
     "ModelCache",
     "ModelPackage",
     "PackedPackage",

@@ -1,10 +1,15 @@
-"""The model manifest (manifest.json): schema validation plus the checks a schema cannot express."""
+"""The model manifest (manifest.json): the typed `Manifest` every writer builds it from, schema
+validation, and the checks a schema cannot express."""
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
 
 from ..data.shape import MIN_FIT_POINTS
 from ..errors import ModelPackageError
@@ -14,6 +19,85 @@ from .schema import first_problem, sentence
 
 MANIFEST_SCHEMA = "manifest.schema.json"
 SCHEMA_VERSION = 1
+MEAN_SHAPE_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a model package states about its model; `to_dict()` is its manifest.json document.
+
+    Attributes:
+        id, version, title, description, modality: the model's identity (version: semantic).
+        config: the architecture every stage's network has.
+        landmark_names, landmark_descriptions: the landmark set, in output order (empty
+            descriptions are left out of the document).
+        stages: ``preprocessing.stages`` entries (name, spacing_mm, patch_size, options).
+        intensity: clip_min, clip_max, scale_min, scale_max.
+        orientation: "canonical" or "native".
+        mean_shape: (L, 3) LPS mean shape for a shape-aligned stage (non-finite rows: unknown).
+        confidence_threshold, heatmap_peak, uncertainty: how detections are decoded and scored.
+        provenance, data, recipe, command, metrics: the ``training`` section.
+        license, citation, created (ISO 8601; default: now).
+    """
+
+    id: str
+    version: str
+    title: str
+    config: H3DEConfig
+    landmark_names: Sequence[str]
+    stages: Sequence[Mapping]
+    intensity: Mapping[str, float]
+    orientation: str = "canonical"
+    landmark_descriptions: Sequence[str] = ()
+    description: str = ""
+    modality: str = "CT"
+    mean_shape: np.ndarray | None = None
+    confidence_threshold: float = 0.5
+    heatmap_peak: float | None = None
+    uncertainty: Mapping | None = None
+    provenance: Mapping = field(default_factory=dict)
+    data: Mapping = field(default_factory=dict)
+    recipe: Mapping = field(default_factory=dict)
+    command: object = ""
+    metrics: Mapping = field(default_factory=dict)
+    license: str = "unknown"
+    citation: str | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def to_dict(self) -> dict:
+        """The manifest.json document (`validate_manifest` checks it; `write_package` does)."""
+        descriptions = list(self.landmark_descriptions) or [""] * len(self.landmark_names)
+        preprocessing = {
+            "orientation": self.orientation,
+            "intensity": dict(self.intensity),
+            "stages": [dict(stage) for stage in self.stages],
+        }
+        if self.mean_shape is not None:
+            preprocessing["mean_shape"] = [
+                [round(float(value), MEAN_SHAPE_DECIMALS) for value in point] if np.all(np.isfinite(point)) else None
+                for point in np.asarray(self.mean_shape, float)
+            ]
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "id": self.id,
+            "version": self.version,
+            "title": self.title,
+            "description": self.description,
+            "modality": self.modality,
+            "architecture": self.config.to_dict(),
+            "landmarks": [{"name": name, **({"description": text} if text else {})}
+                          for name, text in zip(self.landmark_names, descriptions, strict=True)],
+            "preprocessing": preprocessing,
+            "confidence_threshold": self.confidence_threshold,
+            "training": {"provenance": dict(self.provenance), "data": dict(self.data), "recipe": dict(self.recipe),
+                         "command": self.command, "metrics": dict(self.metrics)},
+            "license": self.license,
+            "created": self.created,
+        }
+        optional = {"heatmap_peak": self.heatmap_peak, "citation": self.citation,
+                    "uncertainty": None if self.uncertainty is None else dict(self.uncertainty)}
+        document.update({key: value for key, value in optional.items() if value is not None})
+        return document
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

@@ -12,7 +12,6 @@ import argparse
 import os
 import pickle
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from ..errors import CheckpointError
 from ..model.config import H3DEConfig, reference_config
 from ..model.network import H3DENet
 from ..model.weights import load_weights, state_dict_problem
-from ..registry import write_package
+from ..registry import Manifest, write_package
 
 
 def read_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -102,31 +101,22 @@ def import_checkpoint(checkpoint: str | os.PathLike, landmark_names: list[str], 
     digest = sha256_of(checkpoint)
     model_id = model_id or re.sub(r"[^a-z0-9-]+", "-", Path(out).name.lower()).strip("-") or "imported"
     variant = "PBiFormer_Unet" if config.head == "proposals" else "BiFormer_Unet"
-    manifest = {
-        "schema_version": 1,
-        "id": model_id,
-        "version": version,
-        "title": f"Imported {variant} ({config.n_landmarks} landmarks)",
-        "description": f"Published H3DE-Net {variant} weights imported from {checkpoint.name}.",
-        "modality": "CT",
-        "architecture": config.to_dict(),
-        "landmarks": [{"name": name, "description": ""} for name in landmark_names],
-        "preprocessing": {
-            "orientation": "native",
-            "intensity": {"clip_min": 0.0, "clip_max": 255.0, "scale_min": 0.0, "scale_max": 1.0},
-            "stages": [{"name": "fine", "spacing_mm": list(map(float, spacing_mm)),
-                        "patch_size": list(map(int, patch_size))}],
-        },
-        "confidence_threshold": confidence_threshold,
-        "heatmap_peak": 2.0,
-        "training": {
-            "provenance": {"imported_from": checkpoint.name, "sha256": digest},
-            "data": {"note": "trained by the checkpoint's authors; data not recorded in the checkpoint"},
-            "recipe": {"note": "published H3DE-Net recipe"},
-            "command": "h3de import-checkpoint",
-            "metrics": {},
-        },
-        "license": license_name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    return write_package(out, manifest, net.state_dict(), overwrite=overwrite)
+    manifest = Manifest(
+        id=model_id,
+        version=version,
+        title=f"Imported {variant} ({config.n_landmarks} landmarks)",
+        description=f"Published H3DE-Net {variant} weights imported from {checkpoint.name}.",
+        config=config,
+        landmark_names=landmark_names,
+        orientation="native",
+        intensity={"clip_min": 0.0, "clip_max": 255.0, "scale_min": 0.0, "scale_max": 1.0},
+        stages=[{"name": "fine", "spacing_mm": list(map(float, spacing_mm)), "patch_size": list(map(int, patch_size))}],
+        confidence_threshold=confidence_threshold,
+        heatmap_peak=2.0,
+        provenance={"imported_from": checkpoint.name, "sha256": digest},
+        data={"note": "trained by the checkpoint's authors; data not recorded in the checkpoint"},
+        recipe={"note": "published H3DE-Net recipe"},
+        command="h3de import-checkpoint",
+        license=license_name,
+    )
+    return write_package(out, manifest.to_dict(), net.state_dict(), overwrite=overwrite)

@@ -28,12 +28,14 @@ import json
 import os
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 from ..data.augmentation import AugmentationSettings
 from ..data.shape import MIN_FIT_POINTS
 from ..errors import H3DEError, ModelPackageError
 from ..json_document import read_json_document
 from ..model.config import H3DEConfig, default_config, reference_config
-from ..registry.manifest import validate_manifest
+from ..registry.manifest import Manifest, validate_manifest
 from .targets import HeatmapTarget
 
 LOSSES = {"adaptive_wing": "gaussian", "weighted_mse": "gaussian", "hnm": "reference", "proposals": None}
@@ -296,18 +298,17 @@ def _check_consistency(config: TrainingConfig, source: str) -> None:
             f"{source}: the stages' losses give heatmaps of different peaks; the manifest holds one heatmap_peak, "
             "so use the published hnm loss in both stages or a Gaussian loss in both."
         )
-    probe = {
-        "schema_version": 1, "id": config.model["id"], "version": config.model["version"],
-        "title": config.model["title"], "description": config.model["description"],
-        "modality": config.model["modality"], "architecture": network.to_dict(),
-        "landmarks": [{"name": f"probe {number}"} for number in range(MIN_FIT_POINTS)],
-        "preprocessing": {**config.preprocessing, "stages": [stage.manifest_entry() for stage in config.stages]},
-        "confidence_threshold": config.model["confidence_threshold"],
-        "training": {"provenance": {}, "data": {}, "recipe": {}, "command": "", "metrics": {}},
-        "license": config.model["license"], "created": "2000-01-01T00:00:00Z",
-    }
-    if config.shape_aligned:
-        probe["preprocessing"]["mean_shape"] = [[0.0, 0.0, 0.0]] * MIN_FIT_POINTS
+    probe = Manifest(
+        id=config.model["id"], version=config.model["version"], title=config.model["title"],
+        description=config.model["description"], modality=config.model["modality"], config=network,
+        landmark_names=[f"probe {number}" for number in range(MIN_FIT_POINTS)], intensity={},
+        stages=[stage.manifest_entry() for stage in config.stages],
+        mean_shape=np.zeros((MIN_FIT_POINTS, 3)) if config.shape_aligned else None,
+        confidence_threshold=config.model["confidence_threshold"], license=config.model["license"],
+    ).to_dict()
+    # The preprocessing section goes into the manifest as written, so the schema judges it as it is.
+    probe["preprocessing"] = {**config.preprocessing, **{key: value for key, value in probe["preprocessing"].items()
+                                                          if key in ("stages", "mean_shape")}}
     try:
         validate_manifest(probe, source=f"{source} (as a manifest)")
     except ModelPackageError as error:

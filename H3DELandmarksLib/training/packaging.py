@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import platform
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
 
 from .. import __version__
 from ..registry import ModelPackage, write_package
-from ..registry.manifest import SCHEMA_VERSION
+from ..registry.manifest import Manifest
 from ..registry.stage_weights import join_stage_state_dicts
 from .config import TrainingConfig
 
@@ -24,45 +23,35 @@ def build_manifest(config: TrainingConfig, names: list[str], descriptions: list[
     """The manifest of a trained model (validated when the package is written); `mean_shape` (L, 3)
     for a model with a shape-aligned stage."""
     model = config.model
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "id": model["id"],
-        "version": model["version"],
-        "title": model["title"],
-        "description": model["description"],
-        "modality": model["modality"],
-        "architecture": config.network_config(len(names)).to_dict(),
-        "landmarks": [{"name": name, **({"description": text} if text else {})}
-                      for name, text in zip(names, descriptions)],
-        "preprocessing": {
-            "orientation": config.preprocessing["orientation"],
-            "intensity": dict(config.preprocessing["intensity"]),
-            "stages": [stage.manifest_entry() for stage in config.stages],
+    return Manifest(
+        id=model["id"],
+        version=model["version"],
+        title=model["title"],
+        description=model["description"],
+        modality=model["modality"],
+        config=config.network_config(len(names)),
+        landmark_names=names,
+        landmark_descriptions=descriptions,
+        orientation=config.preprocessing["orientation"],
+        intensity=config.preprocessing["intensity"],
+        stages=[stage.manifest_entry() for stage in config.stages],
+        mean_shape=mean_shape,
+        confidence_threshold=model["confidence_threshold"],
+        heatmap_peak=config.heatmap_peak,
+        provenance={
+            "library": f"h3de-landmarks {__version__}",
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "config_sha256": config.sha256,
+            **provenance,
         },
-        "confidence_threshold": model["confidence_threshold"],
-        "training": {
-            "provenance": {
-                "library": f"h3de-landmarks {__version__}",
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "config_sha256": config.sha256,
-                **provenance,
-            },
-            "data": data,
-            "recipe": config.raw,
-            "command": command,
-            "metrics": metrics,
-        },
-        "license": model["license"],
-        "citation": model["citation"],
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    if config.heatmap_peak is not None:
-        manifest["heatmap_peak"] = config.heatmap_peak
-    if mean_shape is not None:
-        manifest["preprocessing"]["mean_shape"] = [None if not np.all(np.isfinite(point)) else
-                                                   [round(float(value), 4) for value in point] for point in mean_shape]
-    return manifest
+        data=data,
+        recipe=config.raw,
+        command=command,
+        metrics=metrics,
+        license=model["license"],
+        citation=model["citation"],
+    ).to_dict()
 
 
 def write_trained_package(directory: str | os.PathLike, manifest: dict,
