@@ -86,7 +86,7 @@ def test_slicer_reads_our_file(tmp_path, suffix, storage_class):
     assert statuses == [DEFINED, DEFINED, MISSING, MISSING]
     for index in np.flatnonzero(landmarks.has_position):
         expected = landmarks.positions[index] * LPS_TO_RAS
-        np.testing.assert_allclose(ras_position(node, index), expected, atol=1e-9)
+        np.testing.assert_allclose(ras_position(node, index), expected, atol=5e-5)
     assert node.GetNthControlPointDescription(0) == 'deepest point, "frontonasal"; confidence 0.93'
 
 
@@ -97,7 +97,7 @@ def test_slicer_restores_the_best_guess_of_an_absent_landmark(tmp_path):
     node = read_with_slicer(path, slicer.vtkMRMLMarkupsJsonStorageNode)
     node.RestoreNthControlPointPosition(2)
     assert node.GetNthControlPointPositionStatus(2) == DEFINED
-    np.testing.assert_allclose(ras_position(node, 2), landmarks.positions[2] * LPS_TO_RAS, atol=1e-9)
+    np.testing.assert_allclose(ras_position(node, 2), landmarks.positions[2] * LPS_TO_RAS, atol=5e-5)
 
 
 @pytest.mark.parametrize("suffix, storage_class", STORAGE_CLASSES)
@@ -112,10 +112,10 @@ def test_we_read_slicer_written_file(tmp_path, suffix, storage_class, coordinate
     np.testing.assert_array_equal(landmarks.present, [True, False, True])
     for index in (0, 2):
         expected = ras_position(node, index) * LPS_TO_RAS
-        np.testing.assert_allclose(landmarks.positions[index], expected, atol=1e-9)
+        np.testing.assert_allclose(landmarks.positions[index], expected, atol=5e-5)
     assert landmarks.descriptions == ["", "", "tip"]
     np.testing.assert_array_equal(landmarks.confidence, [np.nan, np.nan, 0.75])
     if suffix == ".mrk.json":  # Slicer's JSON writer drops the position of a missing point
         assert not landmarks.has_position[1]
     else:  # its .fcsv writer keeps it: a best guess
-        np.testing.assert_allclose(landmarks.positions[1], ras_position(node, 1) * LPS_TO_RAS, atol=1e-9)
+        np.testing.assert_allclose(landmarks.positions[1], ras_position(node, 1) * LPS_TO_RAS, atol=5e-5)

@@ -74,9 +74,17 @@ def build_landmarks(
         raise invalid_file(path, kind, reason[:1].lower() + reason[1:]) from None
 
 
+DECIMALS = 4  # 1e-4 mm, voxel and confidence: far below any detector's or annotator's precision
+
+
+def rounded(value: float) -> float:
+    """`value` rounded to DECIMALS places, as written to files (-0.0 written as 0.0)."""
+    return round(float(value), DECIMALS) + 0.0
+
+
 def number_text(value: float) -> str:
-    """Shortest text that reads back as exactly `value`."""
-    return repr(float(value))
+    """Shortest text of `value` rounded to DECIMALS places ("12.3457", "0.97", "3.0")."""
+    return repr(rounded(value))
 
 
 def parse_number(text: str) -> float | None:

@@ -2,8 +2,9 @@
 
 Columns: label, description, x, y, z (LPS mm), i, j, k (continuous voxel indices in ITK order, only
 when a volume is given), confidence, expected_error_mm (the detector's expected radial error),
-status (present / absent), model_id and model_version (each only when given). A landmark without a
-position has empty x, y, z (and i, j, k); an unknown confidence or expected error is empty. The reader also takes plain ``label,x,y,z`` tables: column names are matched
+status (present / absent), model_id and model_version (each only when given); numbers are rounded
+to 1e-4 (mm, voxel, confidence). A landmark without a position has empty x, y, z (and i, j, k); an
+unknown confidence or expected error is empty. The reader also takes plain ``label,x,y,z`` tables: column names are matched
 case-insensitively ("name" may stand for "label"), the status defaults to present when a position
 is given, and voxel-index and model columns are ignored (x, y, z are the truth).
 """

@@ -9,8 +9,9 @@ Layout::
                     "status": "present" or "absent"}, ...],
      "metadata": {... free, given by the caller: model id and version, input file, software ...}}
 
-Positions are LPS millimetres, indices continuous voxel indices in ITK (i, j, k) order. An absent
-landmark keeps its best-guess position when it has one.
+Positions are LPS millimetres, indices continuous voxel indices in ITK (i, j, k) order; numbers
+are rounded to 1e-4 (mm, voxel, confidence). An absent landmark keeps its best-guess position when
+it has one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 from ...atomic import atomic_write_text
 from ..landmarks import Landmarks
 from ..volume import Volume
-from .common import STATUSES, as_point, build_landmarks, invalid_file, read_text, status_text
+from .common import STATUSES, as_point, build_landmarks, invalid_file, read_text, rounded, status_text
 
 KIND = "landmark JSON"
 
@@ -42,14 +43,14 @@ def write_json(
         item = {
             "label": name,
             "description": landmarks.descriptions[index],
-            "position": [float(v) for v in landmarks.positions[index]] if has_position else None,
+            "position": [rounded(v) for v in landmarks.positions[index]] if has_position else None,
         }
         if indices is not None:
-            item["index"] = [float(v) for v in indices[index]] if has_position else None
+            item["index"] = [rounded(v) for v in indices[index]] if has_position else None
         confidence = float(landmarks.confidence[index])
-        item["confidence"] = confidence if math.isfinite(confidence) else None
+        item["confidence"] = rounded(confidence) if math.isfinite(confidence) else None
         expected_error = float(landmarks.expected_error[index])
-        item["expected_error_mm"] = expected_error if math.isfinite(expected_error) else None
+        item["expected_error_mm"] = rounded(expected_error) if math.isfinite(expected_error) else None
         item["status"] = status_text(landmarks.present[index])
         items.append(item)
     document = {"coordinate_system": "LPS", "units": "mm", "landmarks": items, "metadata": metadata or {}}

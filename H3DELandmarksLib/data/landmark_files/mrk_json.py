@@ -7,7 +7,8 @@ and y negated, ``coordinateUnits`` "um" is scaled to mm, a control point without
 as its best guess. Labels become names; a ``confidence <value>`` suffix of the description is the
 landmark's confidence.
 
-Writing produces one "Fiducial" markup in LPS millimetres. A present landmark is "defined"; an
+Writing produces one "Fiducial" markup in LPS millimetres (rounded to 1e-4 mm, as the CSV and
+JSON exports). A present landmark is "defined"; an
 absent one is "missing" -- Slicer's status for a point that does not exist in this image: it is
 not drawn, and the placement workflow skips it. An absent landmark's best guess is kept as its
 ``position``: Slicer's reader keeps that position for a missing point (not drawn; restoring the
@@ -33,6 +34,7 @@ from .common import (
     annotated_description,
     invalid_file,
     read_text,
+    rounded,
     split_annotated_description,
 )
 
@@ -99,7 +101,7 @@ def write_mrk_json(path: str | os.PathLike, landmarks: Landmarks, overwrite: boo
         )
         point = {"id": str(index + 1), "label": name, "description": description}
         if landmarks.has_position[index]:
-            point["position"] = [float(value) for value in landmarks.positions[index]]
+            point["position"] = [rounded(value) for value in landmarks.positions[index]]
         point["positionStatus"] = "defined" if landmarks.present[index] else "missing"
         points.append(point)
     markup = {
