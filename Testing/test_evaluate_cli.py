@@ -99,6 +99,18 @@ def test_cli_compares_prediction_files_with_truth(files, capsys):
     assert [row["case"] for row in read_rows(out / "per_case.csv")] == ["alpha", "beta"]
 
 
+def test_cli_reads_the_csv_and_json_predictions_detect_writes(files, capsys):
+    predictions = files / "csv-json"
+    write_landmarks(predictions / "alpha.csv", landmarks(1.0))
+    write_landmarks(predictions / "beta.json", landmarks(3.0))
+    write_landmarks(predictions / "beta.csv", landmarks(9.0))  # beta.json is preferred
+    (predictions / "timing.csv").write_text("case,seconds\nalpha,12.5\nbeta,7.5\n")
+    status = main(["evaluate", "--predictions", str(predictions), "--truth", str(files / "truth"),
+                   "--out", str(files / "report"), "--thresholds", "2,4"])
+    assert status == 0
+    assert "MRE 2.000 ± 1.000 mm over 2 cases" in capsys.readouterr().out
+
+
 def test_cli_selects_cases_by_cases_csv_value(files):
     out = files / "report"
     assert main(["evaluate", "--predictions", str(files / "predictions"), "--truth", str(files / "truth"),

@@ -2,9 +2,9 @@
 
 Two modes:
 
-- ``--predictions DIR --truth DIR``: compare files by case name; predictions are
-  ``<case>.mrk.json`` as written by ``h3de detect``; truth is ``<case>.mrk.json``, ``.fcsv`` or
-  ``.csv``. Every prediction needs a truth file; truth files without a prediction are reported.
+- ``--predictions DIR --truth DIR``: compare files by case name; predictions are any of the
+  files ``h3de detect`` writes, ``<case>.mrk.json``, ``<case>.json`` or ``<case>.csv`` (the first
+  of these a case has); truth is ``<case>.mrk.json``, ``.fcsv`` or ``.csv``. Every prediction needs a truth file; truth files without a prediction are reported.
 - ``--model ID|PATH --data DIR``: run the model on every case of a dataset folder, read by
   `GenericDataset` (``volumes/<case>.<ext>``, ``landmarks/<case>.mrk.json``, optional
   ``cases.csv``) or, when it holds ``<case>_volume.nrrd`` files, `MMLDDataset`; record the
@@ -48,7 +48,8 @@ from ..evaluation.metrics import CLINICAL_THRESHOLDS_MM, default_thresholds, eva
 from ..evaluation.reports import PLOTS_SKIPPED, check_report_folder, write_report
 from .model_options import add_model_options, predictor_from_args
 
-PREDICTION_SUFFIX = ".mrk.json"
+PREDICTION_SUFFIX = ".mrk.json"  # of the predictions this command writes
+PREDICTION_SUFFIXES = (".mrk.json", ".json", ".csv")  # of those it reads, preferred first
 TRUTH_SUFFIXES = (".mrk.json", ".fcsv", ".csv")
 TIMING_FILE = "timing.csv"
 MMLD_VOLUME_PATTERN = "*_volume.nrrd"
@@ -66,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         ),
     )
     files = parser.add_argument_group("compare files")
-    files.add_argument("--predictions", type=Path, metavar="DIR", help="folder of <case>.mrk.json predictions")
+    files.add_argument("--predictions", type=Path, metavar="DIR", help="folder of h3de detect outputs: <case>.mrk.json, .json or .csv")
     files.add_argument("--truth", type=Path, metavar="DIR", help="folder of <case>.mrk.json/.fcsv/.csv truth")
     files.add_argument("--voxel-mm", type=_positive_mm, metavar="MM", help="voxel size to express errors in voxels")
     model = parser.add_argument_group("run a model")
@@ -131,11 +132,9 @@ def _compare_files(args: argparse.Namespace):
     if args.predictions is None or args.truth is None:
         raise H3DEError("Comparing files needs both --predictions DIR and --truth DIR.")
     predictions_dir, truth_dir = _folder(args.predictions, "--predictions"), _folder(args.truth, "--truth")
-    predicted_files = {
-        path.name[: -len(PREDICTION_SUFFIX)]: path for path in sorted(predictions_dir.glob(f"*{PREDICTION_SUFFIX}"))
-    }
+    predicted_files = _prediction_files(predictions_dir)
     if not predicted_files:
-        raise H3DEError(f"{predictions_dir} holds no <case>{PREDICTION_SUFFIX} prediction files.")
+        raise H3DEError(f"{predictions_dir} holds no <case>.mrk.json, <case>.json or <case>.csv prediction files.")
     cases = _selected(list(predicted_files), args.cases, _cases_table(truth_dir, truth_dir.parent))
     pairs = {}
     for case in cases:
@@ -200,11 +199,26 @@ def _baseline(args: argparse.Namespace, pairs: dict, thresholds: tuple[float, ..
     folder = _folder(path, "--baseline")
     if runs:
         raise H3DEError("--baseline-runs applies to an error table, not a predictions folder.")
-    scored = {case: (read_landmarks(folder / f"{case}{PREDICTION_SUFFIX}"), truth) for case, (_, truth) in pairs.items()
-              if (folder / f"{case}{PREDICTION_SUFFIX}").is_file()}
+    predicted_files = _prediction_files(folder)
+    scored = {case: (read_landmarks(predicted_files[case]), truth) for case, (_, truth) in pairs.items()
+              if case in predicted_files}
     if not scored:
         raise H3DEError(f"{folder} holds no prediction for any evaluated case.")
     return method_errors(evaluate_cases(scored, thresholds, voxel_mm), name)
+
+
+def _prediction_files(folder: Path) -> dict[str, Path]:
+    """Prediction file of each case in `folder` (the first of PREDICTION_SUFFIXES it has), by case."""
+    found: dict[str, tuple[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name in (TIMING_FILE, CASES_FILE):
+            continue
+        rank = next((rank for rank, suffix in enumerate(PREDICTION_SUFFIXES) if path.name.endswith(suffix)), None)
+        if rank is not None:
+            case = path.name[: -len(PREDICTION_SUFFIXES[rank])]
+            if case and (case not in found or rank < found[case][0]):
+                found[case] = (rank, path)
+    return {case: path for case, (_, path) in sorted(found.items())}
 
 
 def _selected(cases: list[str], selection: str | None, table: dict[str, dict[str, str]]) -> list[str]:
