@@ -67,7 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         ),
     )
     files = parser.add_argument_group("compare files")
-    files.add_argument("--predictions", type=Path, metavar="DIR", help="folder of h3de detect outputs: <case>.mrk.json, .json or .csv")
+    files.add_argument("--predictions", type=Path, metavar="DIR",
+                       help="folder of h3de detect outputs: <case>.mrk.json, .json or .csv")
     files.add_argument("--truth", type=Path, metavar="DIR", help="folder of <case>.mrk.json/.fcsv/.csv truth")
     files.add_argument("--voxel-mm", type=_positive_mm, metavar="MM", help="voxel size to express errors in voxels")
     model = parser.add_argument_group("run a model")
