@@ -37,6 +37,16 @@ def test_demo_detects_the_phantom_landmarks(tmp_path, capsys):
     assert "Mean radial error" in out
     written = sorted(path.name for path in tmp_path.iterdir())
     assert written == ["phantom-7-truth.mrk.json", "phantom-7.csv", "phantom-7.mrk.json", "phantom-7.nrrd"]
+    assert f"Wrote into {tmp_path}/: phantom-7.nrrd (the phantom)" in out
+
+
+def test_a_second_demo_run_explains_overwrite(tmp_path, capsys):
+    (tmp_path / "phantom-7.nrrd").write_bytes(b"an earlier run's phantom")
+    assert main(["demo", "--seed", "7", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"h3de: error: {tmp_path} already holds this demo's files from an earlier run (phantom-7.nrrd); "
+        "add --overwrite to replace them, or --out DIR to write somewhere else.\n")
+    assert (tmp_path / "phantom-7.nrrd").read_bytes() == b"an earlier run's phantom"
 
 
 @pytest.mark.slow

@@ -44,14 +44,18 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise H3DEError(f"--absent names unknown landmarks ({', '.join(unknown)}); "
                         f"choose from {', '.join(PHANTOM_LANDMARK_NAMES)}.")
+    case = f"phantom-{args.seed}"
+    outputs = [args.out / f"{case}.mrk.json", args.out / f"{case}.csv"]
+    volume_path, truth_path = args.out / f"{case}.nrrd", args.out / f"{case}-truth.mrk.json"
+    earlier = [path.name for path in (volume_path, truth_path, *outputs) if path.exists()]
+    if earlier and not args.overwrite:
+        raise H3DEError(f"{args.out} already holds this demo's files from an earlier run ({', '.join(earlier)}); "
+                        f"add --overwrite to replace them, or --out DIR to write somewhere else.")
     started = time.perf_counter()
     predictor = predictor_from_args(args)
     volume, truth = make_phantom(args.seed, absent=absent)
-    case = f"phantom-{args.seed}"
-    outputs = [args.out / f"{case}.mrk.json", args.out / f"{case}.csv"]
-    volume_path = args.out / f"{case}.nrrd"
     write_volume(volume, volume_path, overwrite=args.overwrite)
-    write_mrk_json(args.out / f"{case}-truth.mrk.json", truth, overwrite=args.overwrite)
+    write_mrk_json(truth_path, truth, overwrite=args.overwrite)
     detection = predictor.predict(volume)
     write_outputs(detection, volume, Case(volume_path, case), outputs, predictor, args.overwrite, detection.timings)
     predicted = detection.landmarks.reordered(truth.names)
@@ -69,5 +73,6 @@ def run(args: argparse.Namespace) -> int:
     agree = int((predicted.present == truth.present).sum())
     print(f"Mean radial error {valid.mean():.2f} mm (median {np.median(valid):.2f}, max {valid.max():.2f}) over "
           f"{valid.size} present landmarks; present/absent right for {agree}/{len(truth)}.")
-    print(f"Wrote {volume_path}, {outputs[0]}, {outputs[1]} and the truth {case}-truth.mrk.json in {args.out}.")
+    print(f"Wrote into {args.out}/: {volume_path.name} (the phantom), {outputs[0].name} and {outputs[1].name} "
+          f"(detected), {truth_path.name} (the truth).")
     return 0
