@@ -3,6 +3,8 @@
 import copy
 import csv
 import json
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +242,36 @@ def test_resume_continues_bit_exactly(trained, tmp_path, capsys):
     assert all(torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted)
     logged = [row["val_loss"] for row in csv.DictReader(open(output / "training_log.csv"))]
     assert logged == [row["val_loss"] for row in csv.DictReader(open(trained / "training_log.csv"))]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_the_time_limit_writes_a_usable_package(tmp_path, capsys, monkeypatch):
+    """The clock jumps past --max-minutes once the fine stage has validated one epoch of two."""
+    from H3DELandmarksLib.training import loop
+
+    jump = {"seconds": 0.0}
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: time.monotonic() + jump["seconds"]))
+    end_epoch = loop._StageTrainer._end_epoch
+
+    def end_epoch_then_jump(trainer, validation):
+        over = end_epoch(trainer, validation)
+        if trainer.stage.name == "fine":
+            jump["seconds"] = 3600.0
+        return over
+
+    monkeypatch.setattr(loop._StageTrainer, "_end_epoch", end_epoch_then_jump)
+    output = tmp_path / "run"
+    assert main(["train", str(write_config(tmp_path, TINY)), "--output", str(output), "--no-progress",
+                 "--threads", "1", "--max-minutes", "30"]) == 0
+    out = capsys.readouterr().out
+    assert f"model package from the best weights so far: {output / 'package'}" in out and "--resume" in out
+    metrics = read_package(output / "package").manifest["training"]["metrics"]
+    assert metrics["fine"]["stopped_early"] and metrics["fine"]["epochs_trained"] == 1
+    assert "stopped_early" not in metrics["coarse"] and metrics["coarse"]["epochs_trained"] == 2
+    data = TrainingData(load_training_config(write_config(tmp_path, TINY)), output / "cache")
+    volume, _ = data.case(data.validation_cases[0])
+    detection = Predictor.from_model(output / "package", device="cpu").predict(volume)
+    assert np.all(np.isfinite(detection.landmarks.positions))
 
 
 @pytest.mark.slow

@@ -93,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"Detect with: h3de detect SCANS --model {result.package} --out RESULTS")
     else:
         again = " ".join(_command(args, file, output, resume=True))
-        print(f"Stopped at the time limit with a checkpoint in {output}; continue with: {again}")
+        if result.package:
+            print(f"Stopped at the time limit; model package from the best weights so far: {result.package}")
+            print(f"Try it with: h3de detect SCANS --model {result.package} --out RESULTS")
+        else:
+            print("Stopped at the time limit before every stage had finished an epoch; no model package yet.")
+        print(f"The checkpoint is in {output}; continue with: {again}")
     return 0
 
 

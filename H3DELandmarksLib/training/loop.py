@@ -66,7 +66,9 @@ class TrainingResult:
     Attributes:
         finished: True when every stage is done and the package is written; False when the
             time limit stopped the run (resume it with ``resume=True``).
-        output: the output folder; package: the package folder when finished.
+        output: the output folder; package: the package folder when finished, or when the time
+            limit stopped the run after every stage had validated weights (written from the best
+            of them); None otherwise.
         metrics: validation metrics per finished stage.
     """
 
@@ -123,18 +125,43 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
         while state["stage_index"] < len(config.stages):
             trainer = _StageTrainer(config, state, data, torch_device, output, progress and context.is_main, context)
             if not trainer.run(deadline):
-                return TrainingResult(False, output, None, state["metrics"])
+                return _stopped_early(config, state, data, output, command, torch_device, context)
         package = output / PACKAGE_DIR
         with context.main_first():
             if context.is_main and (resume or not package.exists()):
-                manifest = build_manifest(
-                    config, data.names, data.descriptions, state["metrics"], data.provenance(), command,
-                    {"device": str(torch_device), "seconds": round(state["elapsed_s"], 1), "seed": config.seed,
-                     "processes": context.world_size},
-                    data.mean_shape if config.shape_aligned else None,
-                )
-                write_trained_package(package, manifest, state["best"], overwrite=True)
+                _write_run_package(package, config, state, data, state["metrics"], command, torch_device, context)
     return TrainingResult(True, output, package, state["metrics"])
+
+
+def _stopped_early(config: TrainingConfig, state: dict, data: TrainingData, output: Path, command: object,
+                   device: torch.device, context: DistributedContext) -> TrainingResult:
+    """The result of a run the time limit stopped. Once every stage has validated weights, the
+    package is written from the best of them (a stage still training is marked
+    ``stopped_early`` in its metrics), so a short run can be tried at once; resuming finishes it."""
+    running = config.stages[state["stage_index"]].name
+    package = None
+    if all(stage.name in state["best"] for stage in config.stages):
+        progress = state["progress"]
+        metrics = {**state["metrics"], running: {"epochs_trained": progress["epoch"],
+                                                 "best_epoch": progress["best_epoch"], "stopped_early": True,
+                                                 **progress["best_metrics"]}}
+        package = output / PACKAGE_DIR
+        with context.main_first():
+            if context.is_main:
+                _write_run_package(package, config, state, data, metrics, command, device, context)
+    return TrainingResult(False, output, package, state["metrics"])
+
+
+def _write_run_package(package: Path, config: TrainingConfig, state: dict, data: TrainingData, metrics: dict,
+                       command: object, device: torch.device, context: DistributedContext) -> None:
+    """Write the run's package from the best weights of every stage."""
+    manifest = build_manifest(
+        config, data.names, data.descriptions, metrics, data.provenance(), command,
+        {"device": str(device), "seconds": round(state["elapsed_s"], 1), "seed": config.seed,
+         "processes": context.world_size},
+        data.mean_shape if config.shape_aligned else None,
+    )
+    write_trained_package(package, manifest, state["best"], overwrite=True)
 
 
 def _remove_run(output: Path) -> None:
