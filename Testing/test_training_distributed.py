@@ -62,6 +62,7 @@ def log(folder):
             for row in csv.DictReader(open(folder / "training_log.csv", encoding="utf-8"))]
 
 
+@pytest.mark.slow
 def test_two_processes_resume_a_single_process_run_and_match_its_loss_curve(tmp_path):
     config = parse_training_config(RECIPE)
     alone = train(config, tmp_path / "alone", threads=1, progress=False)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.data.landmark_files import read_landmarks, write_landmarks
@@ -79,6 +80,7 @@ def write_dataset(root: Path, seeds: range, drop: str | None = None) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_train_from_data_alone_then_fine_tune_with_a_dropped_landmark(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", range(4))
     quick = tmp_path / "quick.json"
