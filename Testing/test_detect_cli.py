@@ -114,9 +114,12 @@ def test_a_bad_input_fails_alone(tmp_path, model, capsys):
     captured = capsys.readouterr()
     table = captured.out.splitlines()
     assert table[0].split() == ["case", "status", "present", "absent", "seconds"]
-    assert "1 of 4 cases succeeded." in captured.out
+    assert "1 of 4 cases succeeded. Failed: " in captured.out and "(reasons above)" in captured.out
     assert sum(line.split()[1] == "failed" for line in table[1:5]) == 3
-    assert "missing.nii.gz does not exist" in captured.err and "matches no file or folder" in captured.err
+    assert any(line.split()[0] == str(tmp_path / "*.mha") for line in table[1:5])  # the pattern, not "*"
+    assert f"Wrote the .json files of 1 case into {out.resolve()}." in captured.out
+    for reason in ("missing.nii.gz does not exist", "matches no file or folder"):
+        assert captured.err.count(reason) == 1 and reason not in captured.out
 
 
 def test_shard_takes_every_nth_case_after_sorting(tmp_path, model):

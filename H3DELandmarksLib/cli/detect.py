@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         events.emit(DONE, cases=len(results), succeeded=len(results) - failed, failed=failed,
                     seconds=time.perf_counter() - started, load_seconds=load_seconds)
     print(summary_table(results), file=sys.stderr if events else sys.stdout)
+    written = len(results) - failed
+    if written:
+        kinds = ", ".join(f".{extension}" for extension in args.format)
+        print(f"Wrote the {kinds} files of {written} case{'s' if written > 1 else ''} into {args.out.resolve()}.",
+              file=sys.stderr if events else sys.stdout)
     return 2 if failed else 0
 
 
@@ -126,9 +131,11 @@ def detect_case(predictor: Predictor, case: Case, args: argparse.Namespace, even
             def progress(step: str, fraction: float) -> None:
                 events.emit(PROGRESS, case=case.name, index=number, total=total, step=step, fraction=fraction)
         elif args.progress == "bar":
-            bar = tqdm(total=100, desc=f"{case.name} ({number}/{total})", unit="%", file=sys.stderr, leave=False)
+            bar = tqdm(total=100, desc=f"{case.name} ({number}/{total})", file=sys.stderr, leave=False,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
 
             def progress(step: str, fraction: float) -> None:
+                bar.set_postfix_str(f"{step} stage", refresh=False)
                 bar.update(round(100 * fraction) - bar.n)
         else:
             progress = None
@@ -188,7 +195,8 @@ def input_facts(path: Path) -> dict:
 
 
 def summary_table(results: list[CaseResult]) -> str:
-    """Aligned table: case, status, landmarks present and absent, seconds; then each failure's reason."""
+    """Aligned table: case, status, landmarks present and absent, seconds; then the count of
+    successes and the failed cases by name (each one's reason was printed when it failed)."""
     rows = [("case", "status", "present", "absent", "seconds")]
     for result in results:
         counts = (str(result.present), str(result.absent)) if result.ok else ("-", "-")
@@ -197,8 +205,8 @@ def summary_table(results: list[CaseResult]) -> str:
     lines = ["  ".join(value.ljust(width) if column < 2 else value.rjust(width)
                        for column, (value, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
     failed = [result for result in results if not result.ok]
-    lines.append(f"{len(results) - len(failed)} of {len(results)} cases succeeded.")
-    lines += [f"  {result.case.name}: {result.error}" for result in failed]
+    lines.append(f"{len(results) - len(failed)} of {len(results)} cases succeeded."
+                 + (f" Failed: {', '.join(result.case.name for result in failed)} (reasons above)." if failed else ""))
     return "\n".join(lines)
 
 

@@ -49,7 +49,7 @@ def expand_inputs(inputs: list[str], recursive: bool) -> list[Case]:
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=recursive))
             found = [case for match in matches for case in cases_at(Path(match), recursive, explicit=False)]
             if not matches:
-                found = [Case(path, problem=f"The pattern {text!r} matches no file or folder.")]
+                found = [Case(path, name=text, problem=f"The pattern {text!r} matches no file or folder.")]
         else:
             found = [Case(path)]
         for case in found:
@@ -86,8 +86,9 @@ def dicom_series_here(folder: Path) -> bool:
 
 def assign_names(cases: list[Case]) -> None:
     """Give each case a unique output name: its own name, prefixed by its folder's name when
-    that is ambiguous, numbered when still ambiguous."""
-    bases = [volume_stem(case.path) for case in cases]
+    that is ambiguous, numbered when still ambiguous. A pattern that matched nothing keeps the
+    pattern as its name."""
+    bases = [case.name if case.problem and case.name else volume_stem(case.path) for case in cases]
     for case, base in zip(cases, bases):
         case.name = f"{case.path.resolve().parent.name}_{base}" if bases.count(base) > 1 else base
     seen: dict[str, int] = {}
