@@ -224,6 +224,20 @@ def test_info_prints_geometry_and_the_chosen_dicom_series(tmp_path, capsys):
     assert f"DICOM series:       {SERIES_B} (6 slices; 1 other series ignored)" in output
 
 
+def test_info_takes_what_detect_takes_folders_of_volumes_and_patterns(tmp_path, capsys):
+    for name in ("a.nrrd", "b.nii.gz"):
+        write_volume(make_volume(), tmp_path / "scans" / name)
+    write_volume(make_volume(), tmp_path / "scans" / "deeper" / "c.mha")
+    assert main(["info", str(tmp_path / "scans")]) == 0
+    described = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert described == [str(tmp_path / "scans" / "a.nrrd"), str(tmp_path / "scans" / "b.nii.gz")]
+    assert main(["info", "--recursive", str(tmp_path / "scans"), str(tmp_path / "scans" / "*.nrrd")]) == 0
+    described = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert [Path(line).name for line in described] == ["a.nrrd", "b.nii.gz", "c.mha"]
+    assert main(["info", str(tmp_path / "*.mhd")]) == 2
+    assert capsys.readouterr().err == f"h3de: error: The pattern {str(tmp_path / '*.mhd')!r} matches no file or folder.\n"
+
+
 def test_info_on_a_bad_file_prints_one_line_on_stderr_and_fails(tmp_path, capsys):
     path = tmp_path / "ct.nii.gz"
     write_volume(make_volume(), path)

@@ -1,7 +1,9 @@
 """`h3de info PATH...`: print each volume's size, geometry (LPS) and intensity range.
 
-For a DICOM folder it also names the series read (the one with the most slices). A path that
-cannot be read gets one line on stderr; the others are still shown and the exit status is 2.
+It takes what `h3de detect` takes: volume files, DICOM folders, folders of volumes (subfolders
+too with --recursive) and glob patterns. For a DICOM folder it also names the series read (the
+one with the most slices). A volume that cannot be read gets one line on stderr; the others are
+still shown and the exit status is 2.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..data.cases import expand_inputs
 from ..data.volume import Volume
 from ..data.volume_io import SUPPORTED, choose_dicom_series, read_dicom_series, read_volume
 from ..errors import VolumeError
@@ -26,18 +29,20 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help=summary,
         description="Show the size, spacing, origin, direction (LPS) and intensity range of volumes.",
     )
-    parser.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help=f"volume file ({SUPPORTED}) or DICOM folder"
-    )
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help=f"volume file ({SUPPORTED}), DICOM folder, folder of volumes, or glob pattern (quote it)")
+    parser.add_argument("--recursive", action="store_true", help="also take volumes in subfolders of folders")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Describe every path; returns 2 if any could not be read, else 0."""
     status = 0
-    for path in args.paths:
+    for case in expand_inputs(args.paths, args.recursive):
         try:
-            print(describe(path))
+            if case.problem:
+                raise VolumeError(case.problem)
+            print(describe(case.path))
         except VolumeError as error:
             print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
             status = 2
