@@ -235,7 +235,8 @@ def test_info_takes_what_detect_takes_folders_of_volumes_and_patterns(tmp_path, 
     described = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
     assert [Path(line).name for line in described] == ["a.nrrd", "b.nii.gz", "c.mha"]
     assert main(["info", str(tmp_path / "*.mhd")]) == 2
-    assert capsys.readouterr().err == f"h3de: error: The pattern {str(tmp_path / '*.mhd')!r} matches no file or folder.\n"
+    pattern = str(tmp_path / "*.mhd")
+    assert capsys.readouterr().err == f"h3de: error: The pattern {pattern!r} matches no file or folder.\n"
 
 
 def test_info_on_a_bad_file_prints_one_line_on_stderr_and_fails(tmp_path, capsys):

@@ -215,7 +215,8 @@ def stage_metrics(values: dict) -> str:
     if "validation_cases" in values or "training_cases" in values:
         parts.append(f"{values.get('validation_cases', '?')} validation / {values.get('training_cases', '?')} "
                      "training cases")
-    parts += [f"{key.replace('_', ' ')} {metric_value(value)}" for key, value in values.items() if key not in STAGE_METRICS]
+    parts += [f"{key.replace('_', ' ')} {metric_value(value)}" for key, value in values.items()
+              if key not in STAGE_METRICS]
     return ", ".join(parts)
 
 
