@@ -40,7 +40,7 @@ def test_help_lists_every_sub_command_with_its_summary(capsys):
 def test_a_sub_command_gets_its_own_options_and_an_unknown_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["info", "--help"])
-    assert "usage: h3de info [-h] PATH [PATH ...]" in capsys.readouterr().out
+    assert "usage: h3de info [-h] [--recursive] PATH [PATH ...]" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["detcet", "scan.nrrd"])
     assert exit_info.value.code == 2
