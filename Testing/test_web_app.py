@@ -36,6 +36,7 @@ from H3DELandmarksLib.web.controller import ReviewController  # noqa: E402
 from H3DELandmarksLib.web.detection import BackgroundDetector  # noqa: E402
 
 SHOWN = [0, 1, 2]  # landmark 3 has no ball: absent
+UPLOAD_LIMIT = 4 * 1024 * 1024
 SERVERS = iter(range(10**6))
 
 
@@ -64,12 +65,17 @@ def controller(tmp_path, slicer_app, loads):
         loads.append(1)
         return heatmap_predictor([COARSE, FINE])
 
-    detector = BackgroundDetector(load)
-    state = get_server(f"h3de-web-test-{next(SERVERS)}", client_type="vue3").state
-    made = ReviewController(state, slicer_app, CaseList([str(tmp_path / "cases")], tmp_path / "uploads"),
-                            detector, "blob-standin")
+    made = make_controller(slicer_app, tmp_path, load)
     yield made
-    detector.shutdown()
+    made.detector.shutdown()
+
+
+def make_controller(slicer_app, tmp_path, load=lambda: heatmap_predictor([COARSE, FINE])):
+    """A controller on the cases folder and upload folder of `tmp_path`, as `h3de serve` makes it."""
+    detector = BackgroundDetector(lambda model: load(), "blob-standin")
+    state = get_server(f"h3de-web-test-{next(SERVERS)}", client_type="vue3").state
+    cases = CaseList([str(tmp_path / "cases")], tmp_path / "uploads", max_upload_bytes=UPLOAD_LIMIT)
+    return ReviewController(state, slicer_app, cases, detector)
 
 
 def detect(controller) -> None:
@@ -197,10 +203,12 @@ def test_save_and_download_write_lps_files_beside_the_case(controller, tmp_path)
     node = opened_and_detected(controller)
     moved_to = np.array(controller.state.landmarks[0]["position"]) + [-2.0, 1.0, 0.5]
     move_to(node, 0, moved_to)
-    downloaded = controller.download("csv")
     files = review_files(controller.cases[0])
-    assert downloaded == files.csv.read_bytes()
-    assert controller.download("mrk_json") == files.mrk_json.read_bytes()
+    downloaded = {kind: controller.download(kind) for kind in ("csv", "mrk_json")}
+    assert not files.csv.exists() and not files.mrk_json.exists(), "a download saves nothing"
+    controller.save()
+    assert downloaded["csv"] == files.csv.read_bytes()
+    assert downloaded["mrk_json"] == files.mrk_json.read_bytes()
     state = controller.state
     assert state.saved_files == [str(files.mrk_json), str(files.csv)] and state.cases[0]["saved"]
     markups = json.loads(files.mrk_json.read_text())["markups"][0]
@@ -217,6 +225,66 @@ def test_save_and_download_write_lps_files_beside_the_case(controller, tmp_path)
             np.testing.assert_allclose(landmarks.positions[row["index"]], expected, atol=1e-3)
     controller.download("pdf")
     assert state.error == "Unknown export 'pdf'; choose one of mrk_json, csv."
+
+
+def test_a_saved_review_is_shown_again_after_a_restart_and_detection_keeps_it(controller, slicer_app, tmp_path):
+    node = opened_and_detected(controller)
+    moved_to = np.array(controller.state.landmarks[0]["position"]) + [3.0, 0.0, 0.0]
+    move_to(node, 0, moved_to)
+    controller.mark_absent(1)
+    controller.save()
+    saved = controller.state.landmarks
+    controller.detector.shutdown()
+    slicer_app.scene.Clear()
+
+    restarted = make_controller(slicer_app, tmp_path)
+    try:
+        assert restarted.state.cases[0]["saved"]
+        restarted.open_case(0)
+        assert restarted.state.message == "Opened alpha with its saved review."
+        assert [row["status"] for row in restarted.state.landmarks] == [
+            "moved", "marked absent", "predicted", "absent"]
+        for before, after in zip(saved, restarted.state.landmarks):
+            assert after["position"] == before["position"] and after["confidence"] == before["confidence"]
+        detect(restarted)
+        restarted.save()
+        assert restarted.state.replace_prompt == "", "the session's own review is saved over without asking"
+        rows = restarted.state.landmarks
+        assert [row["status"] for row in rows] == ["moved", "marked absent", "predicted", "absent"]
+        np.testing.assert_allclose(rows[0]["position"], moved_to, atol=1e-3)
+    finally:
+        restarted.detector.shutdown()
+
+
+def test_save_asks_before_replacing_a_review_it_did_not_write(controller, tmp_path):
+    opened_and_detected(controller)
+    files = review_files(controller.cases[0])
+    files.mrk_json.write_text("someone's review")
+    controller.save()
+    state = controller.state
+    assert "saved by another session or program" in state.replace_prompt and state.saved_files == []
+    assert files.mrk_json.read_text() == "someone's review" and not files.csv.exists()
+    controller.keep_saved_review()
+    assert state.replace_prompt == "" and files.mrk_json.read_text() == "someone's review"
+    controller.save(True)
+    assert state.replace_prompt == "" and read_landmarks(files.mrk_json).names == ["L0", "L1", "L2", "L3"]
+    controller.save()
+    assert state.replace_prompt == "", "saving again over its own files does not ask"
+    files.csv.write_text(files.csv.read_text() + "\n")
+    controller.save()
+    assert state.replace_prompt, "a file changed since this session wrote it is not replaced silently"
+
+
+def test_an_unreadable_saved_review_is_reported_and_kept(controller):
+    files = review_files(controller.cases[0])
+    files.mrk_json.write_text("{ not json")
+    controller.open_case(0)
+    state = controller.state
+    assert state.case_index == 0 and state.landmarks == []
+    assert state.error.startswith("The saved review could not be read, so it is not shown: ")
+    detect(controller)
+    controller.save()
+    assert state.replace_prompt and files.mrk_json.read_text() == "{ not json"
 
 
 def test_changing_case_keeps_each_cases_review(controller):
@@ -240,15 +308,77 @@ def test_model_loads_once_for_all_detections(controller, loads):
     assert len(loads) == 1 and len(controller.state.landmarks) == 4
 
 
+def upload_item(name: str, content: bytes) -> dict:
+    return {"name": name, "size": len(content), "type": "", "content": content}
+
+
 def test_upload_adds_a_case_in_its_own_folder_and_opens_it(controller, tmp_path):
     content = write_case(tmp_path / "source" / "alpha.nrrd").read_bytes()
-    controller.upload([{"name": "alpha.nrrd", "size": len(content), "type": "", "content": content}])
+    controller.upload([upload_item("alpha.nrrd", content)])
     state = controller.state
-    assert [item["name"] for item in state.cases] == ["cases_alpha", "beta", "upload-1_alpha"]
+    assert [item["name"] for item in state.cases] == ["alpha", "beta", "upload-1_alpha"]
     assert state.case_index == 2 and state.error == ""
     assert controller.cases[2].path == tmp_path / "uploads" / "upload-1" / "alpha.nrrd"
-    controller.upload([{"name": "notes.txt", "content": b"not a volume"}])
-    assert state.error.startswith("The uploaded files hold no volume") and len(state.cases) == 3
+    assert review_files(controller.cases[2]).mrk_json == tmp_path / "uploads" / "upload-1" / "alpha.landmarks.mrk.json"
+
+
+def test_an_upload_named_like_a_reviewed_case_leaves_that_case_and_its_review_alone(controller, tmp_path):
+    opened_and_detected(controller)
+    controller.save()
+    files = review_files(controller.cases[0])
+    saved = files.mrk_json.read_bytes()
+    content = write_case(tmp_path / "source" / "alpha.nrrd").read_bytes()
+    controller.upload([upload_item("alpha.nrrd", content)])
+    controller.upload([upload_item("alpha.nrrd", content)])
+    names = [item["name"] for item in controller.state.cases]
+    assert names == ["alpha", "beta", "upload-1_alpha", "upload-2_alpha"]
+    assert review_files(controller.cases[0]) == files and files.mrk_json.read_bytes() == saved
+    controller.open_case(0)
+    assert [row["status"] for row in controller.state.landmarks] == ["predicted"] * 3 + ["absent"]
+
+
+@pytest.mark.parametrize("files, sentence", [
+    ([upload_item("notes.txt", b"not a volume")], "The uploaded files hold no volume"),
+    ([upload_item("alpha\x00.nrrd", b"x")], "The uploaded file name 'alpha\\x00.nrrd' holds control characters"),
+    ([upload_item("a.nrrd", b"x"), upload_item("dir/a.nrrd", b"y")], "Two uploaded files are both named 'a.nrrd'"),
+    ([upload_item("big.nrrd", bytes(UPLOAD_LIMIT + 1))], "The upload is 4.0 MB, over this server's limit of 4 MB"),
+])
+def test_a_refused_upload_is_one_sentence_and_leaves_nothing_on_disk(controller, tmp_path, files, sentence):
+    controller.upload(files)
+    state = controller.state
+    assert state.error.startswith(sentence) and "\n" not in state.error
+    assert len(state.cases) == 2
+    uploads = tmp_path / "uploads"
+    assert not uploads.exists() or list(uploads.iterdir()) == []
+
+
+def test_the_page_refuses_an_upload_over_the_limit_without_sending_it(controller):
+    controller.upload_refused(5 * 1024 * 1024)
+    assert controller.state.error == "The upload is 5.0 MB, over this server's limit of 4 MB (h3de serve --max-upload-mb)."
+    assert controller.state.max_upload_bytes == UPLOAD_LIMIT
+
+
+def test_uploads_kept_in_the_upload_folder_are_offered_again(controller, slicer_app, tmp_path):
+    content = write_case(tmp_path / "source" / "gamma.nrrd").read_bytes()
+    controller.upload([upload_item("gamma.nrrd", content)])
+    controller.detector.shutdown()
+    restarted = make_controller(slicer_app, tmp_path)
+    try:
+        assert [item["name"] for item in restarted.state.cases] == ["alpha", "beta", "gamma"]
+        assert restarted.cases[2].path == tmp_path / "uploads" / "upload-1" / "gamma.nrrd"
+    finally:
+        restarted.detector.shutdown()
+
+
+def test_the_model_is_picked_among_those_offered(controller, loads):
+    state = controller.state
+    assert state.models == [{"label": "blob-standin", "spec": "blob-standin"}] and state.model == "blob-standin"
+    controller.choose_model("elsewhere")
+    assert state.error == "'elsewhere' is not one of the models offered." and controller.detector.model == "blob-standin"
+    opened_and_detected(controller)
+    controller.choose_model("blob-standin")
+    detect(controller)
+    assert len(loads) == 1
 
 
 def test_user_errors_become_one_sentence(controller, tmp_path):

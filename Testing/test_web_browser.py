@@ -3,12 +3,14 @@
 The server runs as its own process (``h3de serve --port 0``, headless EGL rendering) on a CT
 phantom folder, with a small random-weight model whose output biases make two landmarks present
 and the third absent, wherever the weights put them. The browser uploads a second phantom, goes
-back to the first, detects, drags one point and places the absent one in the axial view, and
-downloads both exports. Each step waits on the server's shared state and on freshly rendered view
+back to the first, detects, drags one point and places the absent one in the axial view,
+downloads both exports and saves. A second browser context meanwhile gets the page saying the app
+already has a reviewer; closing the first tab logs nothing. Each step waits on the server's shared state and on freshly rendered view
 images; mouse gestures are retried when a frame arrives late. Assertions: the corrections are in
 the server's state with the right screen-to-LPS directions, the downloads equal the files saved
-beside the case and hold the same LPS positions, labels and review statuses, and the page made no
-request outside the server (offline-safe).
+beside the case and hold the same LPS positions, labels and review statuses, the page has the
+app's title, the server's log holds no traceback, and the page made no request outside the
+server (offline-safe).
 
 Prerequisites (CI installs them): the Python packages ``playwright`` and ``trame-slicer`` (the
 test is skipped without them, as are the other tests of optional extras) and the Debian packages
@@ -18,15 +20,10 @@ test is skipped without them, as are the other tests of optional extras) and the
 
 from __future__ import annotations
 
-import collections
 import csv
 import ctypes.util
 import io
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +33,7 @@ import pytest
 import torch
 
 from builders_blobs import manifest
-from H3DELandmarksLib.cli.serve import READY_PREFIX
+from builders_serve import ServedApp, start_serve, stop_serve
 from H3DELandmarksLib.data.phantom import make_phantom
 from H3DELandmarksLib.data.volume_io import write_volume
 from H3DELandmarksLib.model.config import default_config
@@ -47,7 +44,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 VIEWPORT = {"width": 1400, "height": 900}
-SERVER_START_TIMEOUT_S = 90.0
 DETECTION_TIMEOUT_S = 120.0
 STEP_TIMEOUT_S = 30.0
 GESTURE_TIMEOUT_S = 10.0
@@ -63,11 +59,14 @@ pytest.importorskip("playwright.sync_api", reason="the browser test needs playwr
 pytest.importorskip("trame_slicer", reason="the browser test needs trame-slicer (pip install -e '.[web]')")
 
 
+pytestmark = pytest.mark.browser
+
+
 @dataclass
 class Server:
     url: str
     root: Path
-    log: collections.deque
+    app: ServedApp
 
 
 def require_prerequisites() -> None:
@@ -103,38 +102,12 @@ def server(tmp_path_factory):
     model = biased_package(root / "model")
     write_volume(make_phantom(3, size=64, spacing=2.5)[0], root / "cases" / "alpha.nrrd")
     write_volume(make_phantom(4, size=64, spacing=2.5)[0], root / "to-upload" / "beta.nrrd")
-    command = [sys.executable, "-m", "H3DELandmarksLib.cli.main", "serve", str(root / "cases"),
-               "--model", str(model), "--port", "0", "--device", "cpu", "--upload-dir", str(root / "uploads"),
-               "--3d", "off"]
-    environment = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               text=True, env=environment)
-    log: collections.deque = collections.deque(maxlen=400)
-    reader = threading.Thread(target=lambda: log.extend(process.stdout), daemon=True)
-    reader.start()
+    app = start_serve([str(root / "cases"), "--model", str(model), "--upload-dir", str(root / "uploads"),
+                       "--3d", "off"])
     try:
-        url = wait_for_url(process, log)
-        yield Server(url, root, log)
+        yield Server(app.url, root, app)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        reader.join(5)
-
-
-def wait_for_url(process: subprocess.Popen, log: collections.deque) -> str:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        for line in list(log):
-            if line.startswith(READY_PREFIX):
-                return line[len(READY_PREFIX):].strip()
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    pytest.fail(f"h3de serve did not start (exit status {process.poll()}):\n{''.join(log)}", pytrace=False)
+        stop_serve(app)
 
 
 # Shared state and rendered images, read in the page.
@@ -234,17 +207,48 @@ def test_review_in_a_browser(server):
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
             review(page, server)
+            second_reviewer_is_refused(browser, server)
+            close_during_detection(page, context)
         except Exception:
-            print("h3de serve output:\n" + "".join(server.log))
+            print("h3de serve output:\n" + server.app.output)
             raise
         finally:
             browser.close()
-    assert all(url.startswith((server.url, "data:", "blob:")) for url in requests), requests
+    origin = server.app.base + "/"
+    assert all(url.startswith((origin, "data:", "blob:")) for url in requests), requests
+    assert "Traceback" not in server.app.output, server.app.output
+
+
+def close_during_detection(page, context) -> None:
+    """Close the tab while a detection runs, then reopen: the detection ends quietly, the app is free."""
+    page.click("#h3de-detect")
+    wait_for_state(page, "s.get('detecting')")
+    url = page.url
+    page.close()
+    reopened = context.new_page()
+    reopened.goto(url)
+    reopened.wait_for_selector("#h3de-detect")
+    wait_for_state(reopened, "!s.get('detecting') && s.get('landmarks').length === 3", DETECTION_TIMEOUT_S)
+    reopened.close()
+    context.close()
+
+
+def second_reviewer_is_refused(browser, server: Server) -> None:
+    """Another browser (its own cookies) opening the printed address is told the app is taken."""
+    other = browser.new_context()
+    try:
+        response = other.new_page().goto(server.url)
+        assert response.status == 409
+        assert "already reviewing on this server" in response.text()
+    finally:
+        other.close()
 
 
 def review(page, server: Server) -> None:
     page.goto(server.url)
     page.wait_for_selector("#h3de-detect")
+    assert page.title() == "H3DE Landmarks review"
+    assert "secret" not in page.url, "the token leaves the address bar"
     wait_for_state(page, "s.get('case_index') === 0 && s.get('volume_open')")
     page.wait_for_function(RENDERED, arg=SLICE_VIEWS, timeout=STEP_TIMEOUT_S * 1000)
 
@@ -298,12 +302,15 @@ def review(page, server: Server) -> None:
     assert offset[0] < 0 and offset[1] < 0 and abs(offset[2]) < 1e-3, offset
     assert offset[0] / offset[1] == pytest.approx(PLACE_PX[0] / PLACE_PX[1], rel=0.15)
 
-    # Export: downloads equal the files saved beside the case, in LPS with labels and review statuses.
+    # Export: downloads equal the files then saved beside the case, in LPS with labels and review statuses.
     name, markups_bytes = download(page, "#h3de-download-mrk")
     assert name == "alpha.landmarks.mrk.json"
     name, csv_bytes = download(page, "#h3de-download-csv")
     assert name == "alpha.landmarks.csv"
     cases = server.root / "cases"
+    assert not (cases / "alpha.landmarks.csv").exists(), "a download saves nothing"
+    page.click("#h3de-save")
+    wait_for_state(page, "s.get('cases')[0].saved")
     assert markups_bytes == (cases / "alpha.landmarks.mrk.json").read_bytes()
     assert csv_bytes == (cases / "alpha.landmarks.csv").read_bytes()
     rows = read_state(page, "landmarks")

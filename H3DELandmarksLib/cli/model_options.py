@@ -40,9 +40,9 @@ def add_model_options(parser, default_model: str | None = None, required: bool =
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="model cache folder")
 
 
-def predictor_from_args(args: argparse.Namespace):
-    """The `Predictor` the options of `add_model_options` describe."""
+def predictor_from_args(args: argparse.Namespace, model: str | None = None):
+    """The `Predictor` the options of `add_model_options` describe (`model` in place of ``--model``)."""
     from ..inference import Predictor
 
-    return Predictor.from_model(args.model, device=args.device, threads=args.threads,
+    return Predictor.from_model(model or args.model, device=args.device, threads=args.threads,
                                 cache_dir=args.cache_dir, confidence_threshold=args.threshold)

@@ -9,7 +9,10 @@ State keys: ``cases`` (name, path, problem, saved), ``case_index`` (-1: none ope
 ``volume_open``, ``landmarks`` (rows of `ReviewSession.rows`), ``review_counts`` (placed,
 flagged, moved and hand-placed points, as text), ``active_landmark``,
 ``placing`` (index being placed, -1: none), ``detecting``, ``progress`` (0-100),
-``progress_step``, ``model_label``, ``message``, ``error``, ``saved_files``, ``download_names``.
+``progress_step``, ``models`` (label, spec: the models to pick from), ``model`` (the picked
+spec), ``model_label`` (the model of the last detection), ``message``, ``error``, ``replace_prompt`` (the question shown before a
+save replaces review files this session did not write; "" when none), ``saved_files``,
+``download_names``, ``max_upload_bytes``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from pathlib import Path
 from trame.app.file_upload import ClientFile
 
 from ..errors import DetectionCancelled, H3DEError
-from .cases import CaseList, review_files
+from .cases import CaseList, review_files, upload_too_large
 from .detection import BackgroundDetector
-from .review import ReviewSession
+from .review import ReviewConflict, ReviewSession
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,14 @@ def reports_errors(method):
     return run
 
 
+def model_items(models, current: str) -> list[dict]:
+    """The page's model list: label and spec of each choice, `current` first when it is not among them."""
+    items = [{"label": choice.label, "spec": choice.spec} for choice in models]
+    if current not in [item["spec"] for item in items]:
+        items.insert(0, {"label": current, "spec": current})
+    return items
+
+
 class ReviewController:
     """The review app's actions (see module notes).
 
@@ -69,13 +80,13 @@ class ReviewController:
         state: the trame server state.
         slicer_app: trame-slicer's `SlicerApp` (scene, markups logic, display manager).
         cases: the session's cases.
-        detector: runs detections.
-        model_label: what to call the model until it is loaded (the id or path given).
+        detector: runs detections (with `detector.model` until the user picks another).
+        models: the `ModelChoice`s to offer (the detector's model is added when missing).
         attachment: turns bytes into a download the browser can fetch (the server protocol's
             ``addAttachment``); None where nothing is served (tests).
     """
 
-    def __init__(self, state, slicer_app, cases: CaseList, detector: BackgroundDetector, model_label: str,
+    def __init__(self, state, slicer_app, cases: CaseList, detector: BackgroundDetector, models=(),
                  attachment=None) -> None:
         self.state = state
         self.slicer_app = slicer_app
@@ -84,6 +95,7 @@ class ReviewController:
         self.attachment = attachment
         self.session = ReviewSession(slicer_app.scene, slicer_app.markups_logic, self._points_changed)
         self._refresh_pending = False
+        self._detection: asyncio.Future | None = None
         state.update({
             "cases": [],
             "case_index": -1,
@@ -95,11 +107,15 @@ class ReviewController:
             "detecting": False,
             "progress": 0,
             "progress_step": "",
-            "model_label": model_label,
+            "models": model_items(models, detector.model),
+            "model": detector.model,
+            "model_label": "",
             "message": "",
             "error": "",
+            "replace_prompt": "",
             "saved_files": [],
             "download_names": {},
+            "max_upload_bytes": cases.max_upload_bytes or 0,
         })
         self._show_cases()
 
@@ -138,6 +154,11 @@ class ReviewController:
             self.state.message = f"Opened {case.name}."
             self.state.saved_files = []
             self.state.download_names = {"mrk_json": files.mrk_json.name, "csv": files.csv.name}
+            self.state.replace_prompt = ""
+            if self.session.review_problem:
+                self.state.error = self.session.review_problem
+            elif self.session.landmarks_node is not None:
+                self.state.message = f"Opened {case.name} with its saved review."
             self._refresh_rows()
 
     def next_case(self) -> None:
@@ -157,6 +178,30 @@ class ReviewController:
         added = self.cases.add_upload([(item.name, item.content or b"") for item in uploaded])
         self._show_cases()
         self.open_case(self.cases.cases.index(added[0]))
+
+    @reports_errors
+    def upload_refused(self, size: int) -> None:
+        """The page did not send an upload of `size` bytes: it is over the limit."""
+        raise H3DEError(upload_too_large(int(size), self.cases.max_upload_bytes or 0))
+
+    @reports_errors
+    def choose_model(self, spec: str) -> None:
+        """Detect with the model `spec` (one of ``models``) from the next detection on."""
+        if self.state.detecting:
+            raise H3DEError("Wait for the detection to finish, or cancel it, before changing the model.")
+        if spec not in [item["spec"] for item in self.state.models]:
+            raise H3DEError(f"{spec!r} is not one of the models offered.")
+        self.detector.use_model(spec)
+        with self.state:
+            self.state.model = spec
+            self.state.error = ""
+            self.state.message = f"The next detection uses {spec}."
+
+    def start_detection(self) -> None:
+        """The Detect button: run `detect` as a task, so the page's next messages (Cancel, a closed
+        tab) are read while the network runs."""
+        if self._detection is None or self._detection.done():
+            self._detection = asyncio.ensure_future(self.detect())
 
     @reports_errors
     async def detect(self) -> None:
@@ -243,26 +288,40 @@ class ReviewController:
         self.session.mark_absent(index)
 
     @reports_errors
-    def save(self) -> list[Path]:
-        """Write the review files beside the case; returns their paths."""
-        files = self.session.save()
+    def save(self, replace: bool = False) -> list[Path] | None:
+        """Write the review files beside the case; returns their paths.
+
+        When that would replace files this session did not write, nothing is written and
+        ``replace_prompt`` asks; the page's Replace button saves again with `replace`.
+        """
+        try:
+            files = self.session.save(replace=bool(replace))
+        except ReviewConflict as conflict:
+            with self.state:
+                self.state.replace_prompt = str(conflict)
+                self.state.message = ""
+            return None
         paths = [files.mrk_json, files.csv]
         with self.state:
+            self.state.replace_prompt = ""
             self.state.saved_files = [str(path) for path in paths]
             self.state.error = ""
             self.state.message = f"Saved beside the case: {files.mrk_json.name}, {files.csv.name}."
             self._show_cases()
         return paths
 
+    def keep_saved_review(self) -> None:
+        """The user chose not to replace the files beside the case."""
+        with self.state:
+            self.state.replace_prompt = ""
+            self.state.message = "Nothing was saved; the files beside the case are unchanged."
+
     @reports_errors
     def download(self, kind: str):
-        """Save the review beside the case and hand one file (`DOWNLOAD_KINDS`) to the browser."""
+        """Hand the open case's review as one file (`DOWNLOAD_KINDS`) to the browser (nothing is saved)."""
         if kind not in DOWNLOAD_KINDS:
             raise H3DEError(f"Unknown export {kind!r}; choose one of {', '.join(DOWNLOAD_KINDS)}.")
-        paths = self.save()
-        if paths is None:
-            return None
-        data = paths[DOWNLOAD_KINDS.index(kind)].read_bytes()
+        data = self.session.export_bytes(kind)
         return self.attachment(data) if self.attachment is not None else data
 
     def _points_changed(self) -> None:

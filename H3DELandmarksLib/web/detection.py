@@ -1,7 +1,8 @@
 """Landmark detection beside the server's event loop: one worker thread, the model loaded once.
 
-The predictor is made by `load` at the first detection (reading a model takes seconds, and a
-server that never detects never needs it) and reused for every case after that. The event loop
+The predictor is made by `load(model)` at the first detection (reading a model takes seconds, and a
+server that never detects never needs it) and reused for every case after that, until
+`use_model` names another model. The event loop
 awaits `detect` while the network runs in the worker thread; `progress(step, fraction)` is called
 from that thread, and `cancel()` stops the detection at the predictor's next window or patch.
 """
@@ -21,8 +22,9 @@ from ..inference.predictor import Detection, ProgressCallback
 class BackgroundDetector:
     """Runs one detection at a time in a worker thread (see module notes)."""
 
-    def __init__(self, load: Callable[[], Predictor]) -> None:
+    def __init__(self, load: Callable[[str], Predictor], model: str) -> None:
         self._load = load
+        self.model = model
         self._predictor: Predictor | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3de-detect")
         self._cancel = threading.Event()
@@ -42,6 +44,12 @@ class BackgroundDetector:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, volume, progress)
 
+    def use_model(self, model: str) -> None:
+        """Detect with `model` (an id, ``ID@VERSION`` or a package folder) from the next detection on."""
+        if model != self.model:
+            self.model = model
+            self._predictor = None
+
     def cancel(self) -> None:
         """Ask the running detection to stop."""
         self._cancel.set()
@@ -55,5 +63,5 @@ class BackgroundDetector:
         if self._predictor is None:
             if progress is not None:
                 progress("loading model", 0.0)
-            self._predictor = self._load()
+            self._predictor = self._load(self.model)
         return self._predictor.predict(volume, progress=progress, cancel=self._cancel)

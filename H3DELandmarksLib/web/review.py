@@ -10,10 +10,16 @@ Only the open case's volume is in the scene. Each visited case keeps its landmar
 hidden while another case is open, so going back to a case shows its corrections again. A point
 the model judged absent is an unplaced control point: `start_placing` makes the next click in a
 slice view put it there, as Slicer's own place mode does. Positions shown to the user are LPS.
+
+A case whose review was saved before opens with that review (`read_review`). Saving never
+replaces review files this session did not read or write itself: when the files beside the case
+are new or changed since (another session, another program), `save` raises `ReviewConflict`
+until the user says to replace them. Downloads are made from the scene, without saving.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,8 +42,13 @@ from ..mrml.review import (
     review_rows,
 )
 from ..mrml.review import jump_to as jump_slices_to
+from ..mrml.saved_review import read_review
 from ..mrml.volume_node import volume_from_node, volume_to_node
 from .cases import ReviewFiles, review_files
+
+
+class ReviewConflict(H3DEError):
+    """Saving would replace review files this session has not read or written."""
 
 
 class ReviewSession:
@@ -60,6 +71,8 @@ class ReviewSession:
         self.case: Case | None = None
         self.volume_node: slicer.vtkMRMLScalarVolumeNode | None = None
         self._landmark_nodes: dict[Path, slicer.vtkMRMLMarkupsFiducialNode] = {}
+        self._known_files: dict[Path, tuple | None] = {}
+        self.review_problem: str | None = None
 
     @property
     def landmarks_node(self) -> slicer.vtkMRMLMarkupsFiducialNode | None:
@@ -67,7 +80,9 @@ class ReviewSession:
         return self._landmark_nodes.get(self.case.path) if self.case is not None else None
 
     def open(self, case: Case) -> slicer.vtkMRMLScalarVolumeNode:
-        """Read `case` into the scene in place of the open case; returns its volume node.
+        """Read `case` into the scene in place of the open case (with its saved review); returns its volume node.
+
+        `review_problem` then says why a saved review could not be shown (None when it could).
 
         Raises `VolumeError` (the open case stays open) when the volume cannot be read.
         """
@@ -79,11 +94,33 @@ class ReviewSession:
         self.case = case
         self.volume_node = volume_to_node(volume, self.scene, case.name)
         self.volume_node.CreateDefaultDisplayNodes()
+        self.review_problem = None
+        if case.path not in self._landmark_nodes:
+            self._read_saved_review(case)
         node = self.landmarks_node
         if node is not None:
             node.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, self.volume_node.GetID())
             node.GetDisplayNode().SetVisibility(True)
         return self.volume_node
+
+    def _read_saved_review(self, case: Case) -> None:
+        """Show the review saved beside `case`, if there is one (see module notes)."""
+        files = review_files(case)
+        self._known_files[case.path] = files.fingerprint()
+        if not files.mrk_json.exists():
+            return
+        try:
+            node = read_review(self.scene, files.mrk_json, files.csv, f"{case.name} landmarks", self.volume_node)
+        except H3DEError as error:
+            self._known_files[case.path] = None
+            self.review_problem = f"The saved review could not be read, so it is not shown: {error}"
+            return
+        self._observe(node)
+        self._landmark_nodes[case.path] = node
+
+    def _observe(self, node: slicer.vtkMRMLMarkupsFiducialNode) -> None:
+        for event in POINT_EVENTS:
+            node.AddObserver(event, self._on_point_event)
 
     def _close(self) -> None:
         if self.volume_node is not None:
@@ -113,8 +150,7 @@ class ReviewSession:
             volume_node=self.volume_node, name=f"{self.case.name} landmarks",
         )
         if created:
-            for event in POINT_EVENTS:
-                node.AddObserver(event, self._on_point_event)
+            self._observe(node)
             self._landmark_nodes[self.case.path] = node
         self.points_changed()
         return node
@@ -173,13 +209,37 @@ class ReviewSession:
             raise H3DEError("Detect landmarks before marking one absent.")
         node.UnsetNthControlPointPosition(index)
 
-    def save(self) -> ReviewFiles:
-        """Write the open case's review beside it (replacing the review saved before); returns the paths."""
+    def save(self, replace: bool = False) -> ReviewFiles:
+        """Write the open case's review beside it; returns the paths.
+
+        Raises `ReviewConflict` when that would replace files this session did not read or write,
+        unless `replace`.
+        """
+        node = self._node_to_export()
+        files = review_files(self.case)
+        found = files.fingerprint()
+        if found is not None and found != self._known_files.get(self.case.path) and not replace:
+            raise ReviewConflict(
+                f"{files.mrk_json.name} beside {self.case.name} was saved by another session or program "
+                "since this one opened it; replace it with this review?"
+            )
+        export_mrk_json(node, files.mrk_json, overwrite=True)
+        export_csv(node, files.csv, case=self.case.name, overwrite=True)
+        self._known_files[self.case.path] = files.fingerprint()
+        return files
+
+    def export_bytes(self, kind: str) -> bytes:
+        """The open case's review as a ``"mrk_json"`` or ``"csv"`` file's bytes, written nowhere else."""
+        node = self._node_to_export()
+        with tempfile.TemporaryDirectory(prefix="h3de-download-") as folder:
+            files = ReviewFiles(Path(folder) / "review.mrk.json", Path(folder) / "review.csv")
+            if kind == "mrk_json":
+                return export_mrk_json(node, files.mrk_json).read_bytes()
+            return export_csv(node, files.csv, case=self.case.name).read_bytes()
+
+    def _node_to_export(self) -> slicer.vtkMRMLMarkupsFiducialNode:
         node = self.landmarks_node
         if self.case is None or node is None:
             raise H3DEError("Detect landmarks before exporting them.")
-        files = review_files(self.case)
-        export_mrk_json(node, files.mrk_json, overwrite=True)
-        export_csv(node, files.csv, case=self.case.name, overwrite=True)
-        return files
+        return node
 

@@ -23,6 +23,12 @@ STATUS_COLORS = (
     "{'predicted': 'green', 'moved': 'blue', 'placed by hand': 'purple', "
     "'marked absent': 'red', 'absent': 'grey'}[row.status]"
 )
+UPLOAD_SIZE = "Array.from($event.target.files || []).reduce((total, file) => total + file.size, 0)"
+# Files over the server's limit are not sent at all (the server would close the connection).
+UPLOAD_OR_REFUSE = (
+    f"max_upload_bytes && {UPLOAD_SIZE} > max_upload_bytes ? trigger('h3de_upload_refused', [{UPLOAD_SIZE}])"
+    " : trigger('h3de_upload', [$event.target.files])"
+)
 PAGE_STYLE = """
 html { overflow-y: hidden; }
 .h3de-landmarks tr { cursor: pointer; }
@@ -38,7 +44,7 @@ def build_page(server, controller: ReviewController, layout_manager) -> VAppLayo
         ("h3de_next", controller.next_case),
         ("h3de_previous", controller.previous_case),
         ("h3de_open", controller.open_case),
-        ("h3de_detect", controller.detect),
+        ("h3de_detect", controller.start_detection),
         ("h3de_cancel", controller.cancel_detection),
         ("h3de_jump", controller.jump),
         ("h3de_next_flagged", controller.next_flagged),
@@ -46,7 +52,10 @@ def build_page(server, controller: ReviewController, layout_manager) -> VAppLayo
         ("h3de_stop_placing", controller.stop_placing),
         ("h3de_mark_absent", controller.mark_absent),
         ("h3de_save", controller.save),
+        ("h3de_keep_saved", controller.keep_saved_review),
         ("h3de_upload", controller.upload),
+        ("h3de_upload_refused", controller.upload_refused),
+        ("h3de_model", controller.choose_model),
         ("h3de_download", controller.download),
     ):
         server.trigger(name)(action)
@@ -65,6 +74,7 @@ def build_page(server, controller: ReviewController, layout_manager) -> VAppLayo
             _landmarks_panel()
             v.VDivider()
             _export_panel()
+        _replace_dialog()
         with v.VMain(), html.Div(style="height: calc(100vh - 48px); position: relative;"):
             layout_manager.initialize_layout_grid(layout)
     return layout
@@ -105,14 +115,19 @@ def _cases_panel() -> None:
             label="Upload volumes (NRRD, NIfTI, MetaImage, DICOM files)",
             multiple=True, density="compact", hide_details=True, prepend_icon="mdi-upload",
             disabled=("detecting",), id="h3de-upload", classes="mt-2",
-            change="trigger('h3de_upload', [$event.target.files])",
+            change=UPLOAD_OR_REFUSE,
         )
 
 
 def _detection_panel() -> None:
     with html.Div(classes="pa-3"):
         html.Div("Detection", classes="text-overline")
-        html.Div("Model: {{ model_label }}", classes="text-caption mb-2")
+        v.VSelect(
+            label="Model", items=("models",), item_title="label", item_value="spec", model_value=("model",),
+            update_modelValue="trigger('h3de_model', [$event])", disabled=("detecting",),
+            density="compact", hide_details=True, id="h3de-model", classes="mb-1",
+        )
+        html.Div("Last detection with {{ model_label }}", v_if="model_label", classes="text-caption mb-2")
         with html.Div(classes="d-flex"):
             v.VBtn("Detect landmarks", id="h3de-detect", color="primary", prepend_icon="mdi-target",
                    click="trigger('h3de_detect')", disabled=("!volume_open || detecting",),
@@ -196,3 +211,13 @@ def _export_panel() -> None:
                    click="utils.download(download_names.csv, trigger('h3de_download', ['csv']), 'text/csv')")
         html.Div("{{ saved_files.join(', ') }}", v_if="saved_files.length", classes="text-caption mt-1",
                  id="h3de-saved-files")
+
+
+def _replace_dialog() -> None:
+    with v.VDialog(model_value=("!!replace_prompt",), persistent=True, max_width=520, id="h3de-replace-dialog"):
+        with v.VCard(title="Replace the saved review?"):
+            v.VCardText("{{ replace_prompt }}")
+            with v.VCardActions():
+                v.VSpacer()
+                v.VBtn("Keep the saved files", id="h3de-keep-saved", click="trigger('h3de_keep_saved')")
+                v.VBtn("Replace", id="h3de-replace", color="warning", click="trigger('h3de_save', [true])")
