@@ -1,7 +1,7 @@
 """Read a review back into the scene: the ``.mrk.json`` and review CSV that `export` wrote.
 
-The markups file holds the reviewed points (labels, descriptions, LPS positions, placed or not)
-and is read with the library's reader; Slicer's markups JSON keeps no node attributes, so what
+The markups file holds the reviewed points (labels, descriptions with the expected error, LPS
+positions, placed or not) and is read with the library's reader; Slicer's markups JSON keeps no node attributes, so what
 the model predicted comes from the review CSV beside it (``predicted_x..z``, ``confidence``,
 ``review``, ``model_id``, ``model_version``). The node then shows the same statuses as when it was
 saved, and re-detection keeps its corrections. Without a usable CSV (missing, or for other
@@ -47,7 +47,6 @@ def read_review(
     node = create_landmarks_node(scene, predicted, model_id, model_version, confidence_threshold, name, volume_node)
     with slicer.util.NodeModify(node):
         for index, placed in enumerate(final.present):
-            node.SetNthControlPointDescription(index, final.descriptions[index])
             if placed:
                 node.SetNthControlPointPositionWorld(index, *lps_to_ras(final.positions[index]))
             else:
@@ -72,7 +71,8 @@ def _predictions(review_csv, final: Landmarks) -> tuple[Landmarks, str, str]:
             value = parse_number(row.get("confidence", ""))
             confidence[index] = math.nan if value is None else value
         model_id, model_version = rows[0].get("model_id") or "", rows[0].get("model_version") or ""
-    return Landmarks(final.names, positions, present, confidence, final.descriptions), model_id, model_version
+    predicted = Landmarks(final.names, positions, present, confidence, final.descriptions, final.expected_error)
+    return predicted, model_id, model_version
 
 
 def _rows(review_csv) -> list[dict] | None:
