@@ -104,8 +104,9 @@ class WslinkClient:
     """A websocket client that speaks wslink's messages (see module notes); use inside ``async with``."""
 
     def __init__(self, app: ServedApp, origin: str | None = None, cookie_token: str | None = None,
-                 query_token: str | None = None) -> None:
+                 query_token: str | None = None, autoclose: bool = True) -> None:
         self.app = app
+        self.autoclose = autoclose
         self.origin = origin
         self.cookie_token = cookie_token
         self.query_token = query_token
@@ -123,7 +124,8 @@ class WslinkClient:
             url += f"?secret={self.query_token}"
         self.session = aiohttp.ClientSession()
         try:
-            self.websocket = await self.session.ws_connect(url, headers=headers, max_msg_size=0)
+            self.websocket = await self.session.ws_connect(url, headers=headers, max_msg_size=0,
+                                                        autoclose=self.autoclose)
         except BaseException:
             await self.session.close()
             raise

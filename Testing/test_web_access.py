@@ -79,16 +79,20 @@ def test_the_holder_of_the_token_gets_the_app(served):
 
 def test_chunk_headers_announcing_4_gb_close_the_connection_without_allocating(served):
     async def flood():
-        async with WslinkClient(served, origin=served.base, query_token=served.token) as client:
+        async with WslinkClient(served, origin=served.base, query_token=served.token, autoclose=False) as client:
             await client.call("wslink.hello", [{"secret": served.token}])
             before = served.rss_bytes()
             for message_id in range(3):
                 await client.send_raw(wslink_chunk(1000 + message_id, 0, GIGABYTES_4, b"x" * 64))
-            await client.websocket.receive(timeout=20)
-            return client.websocket.close_code, served.rss_bytes() - before
+            message = await client.websocket.receive(timeout=20)
+            while message.type == aiohttp.WSMsgType.BINARY:
+                message = await client.websocket.receive(timeout=20)
+            return message, served.rss_bytes() - before
 
-    close_code, growth = asyncio.run(flood())
-    assert close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+    message, growth = asyncio.run(flood())
+    # The server sends close code 1009 and drops the connection; a busy client may see only the drop.
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+    assert message.type != aiohttp.WSMsgType.CLOSE or message.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
     assert growth < ALLOWED_GROWTH_BYTES
     deadline = time.monotonic() + 10
     while "announced a 4294967295-byte message" not in served.output and time.monotonic() < deadline:

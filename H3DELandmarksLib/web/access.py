@@ -41,6 +41,7 @@ WEBSOCKET_PATH = "/ws"
 INDEX_PATHS = ("/", "/index.html")
 PAGE_MESSAGE_ALLOWANCE_BYTES = 16 * 1024 * 1024
 RELOAD_GRACE_S = 2.0
+CLOSE_TIMEOUT_S = 5.0
 LOOPBACK_NAMES = ("localhost",)
 TITLE_ELEMENT = re.compile(r"<title>.*?</title>", re.DOTALL)
 
@@ -101,7 +102,7 @@ class AccessProtocol(LinkProtocol):
     def onConnect(self, request, client_id: str) -> None:  # noqa: N802 - wslink's hook name
         if request.get(AccessGuard.ADMITTED_KEY):
             self.admitted.add(client_id)
-        self.guard.bound_messages(client_id)
+        self.guard.bound_messages(client_id, request.get(AccessGuard.CLOSING_KEY, []))
 
     def onClose(self, client_id: str) -> None:  # noqa: N802 - wslink's hook name
         self.admitted.discard(client_id)
@@ -121,7 +122,8 @@ class AccessGuard:
         token: the run's token (default: a new random one).
     """
 
-    ADMITTED_KEY = "h3de_admitted"
+    ADMITTED_KEY = web.RequestKey("h3de_admitted", bool)
+    CLOSING_KEY = web.RequestKey("h3de_closing", list)
 
     def __init__(self, host: str, max_upload_bytes: int, title: str, token: str | None = None) -> None:
         self.host = host
@@ -161,8 +163,12 @@ class AccessGuard:
     def max_message_bytes(self) -> int:
         return self.max_upload_bytes + PAGE_MESSAGE_ALLOWANCE_BYTES
 
-    def bound_messages(self, client_id: str) -> None:
-        """Give connection `client_id` a `BoundedUnChunker` in place of wslink's."""
+    def bound_messages(self, client_id: str, closing: list) -> None:
+        """Give connection `client_id` a `BoundedUnChunker` in place of wslink's.
+
+        The close it starts on refusal goes into `closing`, for the middleware to finish before
+        the connection is torn down (else the client may see no close frame).
+        """
         for handler in self._handlers:
             websocket = handler.connections.get(client_id)
             if websocket is None or client_id not in handler.unchunkers:
@@ -171,8 +177,8 @@ class AccessGuard:
             def refuse(announced: int, websocket=websocket) -> None:
                 logger.warning("Closed a connection that announced a %d-byte message (limit %d bytes).",
                                announced, self.max_message_bytes)
-                asyncio.ensure_future(websocket.close(code=aiohttp.WSCloseCode.MESSAGE_TOO_BIG,
-                                                      message=b"Message too large"))
+                closing.append(asyncio.ensure_future(websocket.close(code=aiohttp.WSCloseCode.MESSAGE_TOO_BIG,
+                                                                     message=b"Message too large")))
 
             handler.unchunkers[client_id] = BoundedUnChunker(self.max_message_bytes, refuse)
 
@@ -223,10 +229,13 @@ class AccessGuard:
         if self.reviewers:
             return self._refusal(409, "Another browser tab is already reviewing on this server.")
         request[self.ADMITTED_KEY] = True
+        request[self.CLOSING_KEY] = closing = []
         self.reviewers += 1
         try:
             return await handler(request)
         finally:
+            if closing:
+                await asyncio.wait(closing, timeout=CLOSE_TIMEOUT_S)
             self.reviewers -= 1
 
     async def _index(self, request: web.Request) -> web.Response:
