@@ -25,7 +25,8 @@ GIGABYTES_4 = 4 * 1024**3 - 1
 MAX_UPLOAD_MB = 8
 ALLOWED_GROWTH_BYTES = 200 * 1024**2
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytest.importorskip("trame_slicer", reason="h3de serve needs trame-slicer (pip install -e '.[web]')")
 
 
 @pytest.fixture(scope="module")

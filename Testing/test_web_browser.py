@@ -59,9 +59,6 @@ pytest.importorskip("playwright.sync_api", reason="the browser test needs playwr
 pytest.importorskip("trame_slicer", reason="the browser test needs trame-slicer (pip install -e '.[web]')")
 
 
-pytestmark = pytest.mark.browser
-
-
 @dataclass
 class Server:
     url: str
