@@ -8,8 +8,16 @@ set and weights). The output folder keeps the checkpoint (after every epoch), th
 log, the case cache and, at the end, the model package in ``OUT/package``. `--max-minutes` stops
 cleanly with a checkpoint and `--resume` continues exactly where the run stopped, with the recipe
 in ``OUT/recipe.json``.
+
 Under ``torchrun --nproc-per-node N -m H3DELandmarksLib.cli.main train ...`` the N processes train
 one model with DistributedDataParallel; rank 0 alone prints and writes files.
+
+When DIR has unannotated scans (volumes without a landmark file), or `--reference-template` is
+given, the run is few-shot (`training.fewshot`): the annotated cases (or the template) are
+registered onto the unannotated scans, the networks train on the pseudo-labels for `--rounds`
+rounds, each round's model re-labelling the scans for the next; a derived recipe then plans each
+round's epochs in a share of `--max-minutes` (rounds + 1 shares, one for registration). A
+few-shot run is one process (not under torchrun).
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..data.datasets import GenericDataset
+from ..data.registration import RegistrationSettings
 from ..device import DEVICES
 from ..json_document import read_json_document
 from ..registry.resolve import resolve_model
 from ..training.cache import CaseCache
 from ..training.config import TrainingConfig, TrainingConfigError, parse_training_config
 from ..training.distributed import is_main_process
+from ..training.fewshot import FewShotSettings, few_shot_summary, needs_pseudo_labels, train_few_shot
 from ..training.initialization import InitialModel, fine_tuning_recipe, load_initial_model
 from ..training.loop import CACHE_DIR, train
 from ..training.recipe import derive_recipe, merge_recipe, model_id_for, summarize_data
@@ -66,6 +76,18 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
                              "its epochs to fit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_parent_guard_option(parser)
+    few_shot = parser.add_argument_group("few-shot training (when DIR has unannotated scans)")
+    few_shot.add_argument("--rounds", type=int, default=2, metavar="N",
+                          help="most training rounds, each re-labelling the unannotated scans (default: 2)")
+    few_shot.add_argument("--label-tolerance", type=float, metavar="MM",
+                          help="stop once the pseudo-labels move less than this (median; default: half the fine "
+                               "spacing)")
+    few_shot.add_argument("--reference-template", nargs=2, type=Path, metavar=("VOLUME", "LANDMARKS"),
+                          help="register this template and its landmarks, the only reference, onto the scans")
+    few_shot.add_argument("--registration-spacing", type=float, metavar="MM",
+                          help="working voxel size of the registration (default: the reference landmarks' spread / 85)")
+    few_shot.add_argument("--registration-threshold", type=float, metavar="VALUE",
+                          help="lowest intensity of the registered structure, e.g. bone (default: Otsu's threshold)")
     parser.set_defaults(func=run)
 
 
@@ -78,11 +100,20 @@ def run(args: argparse.Namespace) -> int:
     if args.drop_landmarks and not args.init_from:
         raise TrainingConfigError("--drop-landmarks only applies with --init-from MODEL.")
     output = args.output or _default_output(file)
-    config, initial = _configuration(args, file, output)
-    result = train(config, output, data_root=args.data, device=args.device, threads=args.threads,
-                   max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
-                   progress=not args.no_progress, command=_command(args, file, output, args.resume),
-                   initial=initial)
+    few_shot = _few_shot_settings(args)
+    if few_shot is not None and args.init_from:
+        raise TrainingConfigError("--init-from fine-tunes on annotated cases only; annotate the scans without "
+                                  "landmark files or leave them out of DIR.")
+    config, initial = _configuration(args, file, output, few_shot)
+    command = _command(args, file, output, args.resume)
+    if few_shot is not None:
+        result = train_few_shot(config, output, args.data, few_shot, device=args.device, threads=args.threads,
+                                max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
+                                progress=not args.no_progress, command=command)
+    else:
+        result = train(config, output, data_root=args.data, device=args.device, threads=args.threads,
+                       max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress, command=command, initial=initial)
     if not is_main_process():
         return 0
     metrics = ", ".join(f"{stage} {values['val_mre_mm']:.3g} mm" for stage, values in result.metrics.items()
@@ -102,7 +133,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configuration(args: argparse.Namespace, file: Path | None, output: Path
+def _few_shot_settings(args: argparse.Namespace) -> FewShotSettings | None:
+    """The few-shot settings when the run is few-shot, else None."""
+    if args.rounds < 1:
+        raise TrainingConfigError("--rounds must be at least 1.")
+    settings = FewShotSettings(
+        rounds=args.rounds, tolerance_mm=args.label_tolerance,
+        registration=RegistrationSettings(working_spacing_mm=args.registration_spacing,
+                                          threshold=args.registration_threshold),
+        template=tuple(args.reference_template) if args.reference_template else None)
+    if settings.template is not None and args.data is None:
+        raise TrainingConfigError("--reference-template needs --data DIR with the scans to label.")
+    return settings if needs_pseudo_labels(args.data, settings) else None
+
+
+def _configuration(args: argparse.Namespace, file: Path | None, output: Path, few_shot: FewShotSettings | None
                    ) -> tuple[TrainingConfig, InitialModel | None]:
     """The run's configuration (recorded in OUTPUT/recipe.json) and the model it starts from."""
     initial = None
@@ -119,7 +164,7 @@ def _configuration(args: argparse.Namespace, file: Path | None, output: Path
     if overrides is not None and initial is None and all(section in overrides for section in COMPLETE_SECTIONS):
         raw = overrides
     else:
-        raw = _derived(args, output, initial)
+        raw = _derived(args, output, initial, few_shot)
         if overrides is not None:
             raw = merge_recipe(raw, overrides)
     config = parse_training_config(raw, str(file) if file else "the derived recipe")
@@ -129,13 +174,17 @@ def _configuration(args: argparse.Namespace, file: Path | None, output: Path
     return config, initial
 
 
-def _derived(args: argparse.Namespace, output: Path, initial: InitialModel | None) -> dict:
+def _derived(args: argparse.Namespace, output: Path, initial: InitialModel | None,
+             few_shot: FewShotSettings | None) -> dict:
     """The recipe derived from --data (retargeted from the initial model when fine-tuning)."""
     source = GenericDataset(args.data)
     cache = CaseCache(source, output / CACHE_DIR)
-    summary = summarize_data(cache.get, source.cases())
     model_id = args.model_id or model_id_for(output.name)
-    recipe = derive_recipe(summary, model_id, args.max_minutes)
+    if few_shot is None:
+        recipe = derive_recipe(summarize_data(cache.get, source.cases()), model_id, args.max_minutes)
+    else:
+        budget = None if args.max_minutes is None else args.max_minutes / (few_shot.rounds + 1)
+        recipe = derive_recipe(few_shot_summary(source, cache.get, few_shot), model_id, budget)
     if initial is None:
         return recipe
     return fine_tuning_recipe(initial, recipe["data"], model_id)
@@ -175,6 +224,14 @@ def _command(args: argparse.Namespace, file: Path | None, output: Path, resume: 
             command += [flag, str(value)]
     if args.drop_landmarks:
         command.append("--drop-landmarks")
+    if args.rounds != 2:
+        command += ["--rounds", str(args.rounds)]
+    for flag, value in (("--label-tolerance", args.label_tolerance), ("--registration-spacing",
+                        args.registration_spacing), ("--registration-threshold", args.registration_threshold)):
+        if value is not None:
+            command += [flag, f"{value:g}"]
+    if args.reference_template:
+        command += ["--reference-template", *(str(path) for path in args.reference_template)]
     if args.device != "auto":
         command += ["--device", args.device]
     if args.max_minutes is not None:

@@ -6,7 +6,9 @@ Three sources share one small interface (`CaseSource`):
   ``root/volumes``, and its landmark file (``<case>.mrk.json``, ``.fcsv``, ``.csv`` or ``.json``)
   beside it or in ``root/landmarks``. An optional ``root/cases.csv`` (column ``case``, any other
   columns are per-case notes) lists the cases; a ``split`` column with ``train``, ``validation``
-  or ``test`` fixes a case's split.
+  or ``test`` fixes a case's split. A volume without a landmark file is an unannotated case: it
+  is not among `cases()` but among `unannotated_cases()` (few-shot training pseudo-labels it),
+  and `load` gives it an empty landmark set.
 - `MMLDDataset`: the published MMLD layout (``<case>_volume.nrrd``, ``_label.npy``,
   ``_spacing.npy``), with the same optional ``cases.csv``.
 - `PhantomDataset`: procedural head phantoms drawn by `make_phantom`, one per seed.
@@ -82,7 +84,7 @@ class _FileDataset:
     def fingerprint(self, case: str) -> str:
         if case not in self._fingerprints:
             digest = hashlib.sha256()
-            for path in self._files[case]:
+            for path in self._case_files(case):
                 digest.update(path.name.encode())
                 digest.update(sha256_of(path).encode())
             self._fingerprints[case] = digest.hexdigest()
@@ -91,6 +93,9 @@ class _FileDataset:
     def describe(self) -> dict:
         """Layout and the dataset folder's name (not its local path)."""
         return {"layout": self.layout, "root": self.root.name}
+
+    def _case_files(self, case: str) -> tuple[Path, ...]:
+        return self._files[case]
 
     def _listed_or_found(self, found: dict[str, tuple[Path, ...]], what: str) -> dict[str, tuple[Path, ...]]:
         """Restrict to the cases listed in cases.csv (each must exist), when there is one."""
@@ -106,7 +111,8 @@ class _FileDataset:
 
 
 class GenericDataset(_FileDataset):
-    """One volume file and one landmark file per case (see module notes)."""
+    """One volume file and one landmark file per case (see module notes); volumes without a
+    landmark file are the unannotated cases."""
 
     layout = "generic"
 
@@ -116,18 +122,29 @@ class GenericDataset(_FileDataset):
         found = {}
         for path in sorted(volume_folder.iterdir()):
             if path.is_file() and volume_format(path) is not None:
-                found[volume_stem(path)] = (path, self._landmark_file(path))
-        self._files = self._listed_or_found(
-            {case: files for case, files in found.items() if files[1] is not None}, "volume with a landmark file"
-        )
+                landmark_path = self._landmark_file(path)
+                found[volume_stem(path)] = (path,) if landmark_path is None else (path, landmark_path)
+        listed = self._listed_or_found(found, "volume")
+        self._files = {case: files for case, files in listed.items() if len(files) == 2}
+        self._unannotated = {case: files for case, files in listed.items() if len(files) == 1}
+
+    def unannotated_cases(self) -> list[str]:
+        """Cases with a volume but no landmark file, sorted."""
+        return sorted(self._unannotated)
 
     def load(self, case: str) -> tuple[Volume, Landmarks]:
+        """The case's volume and landmarks; an unannotated case has no landmarks (an empty set)."""
+        if case in self._unannotated:
+            return read_volume(self._unannotated[case][0]), Landmarks(names=[], positions=np.empty((0, 3)))
         volume_path, landmark_path = self._files[case]
         return read_volume(volume_path), read_landmarks(landmark_path)
 
     def load_landmarks(self, case: str) -> Landmarks:
         """The case's landmarks alone (its volume is not read)."""
         return read_landmarks(self._files[case][1])
+
+    def _case_files(self, case: str) -> tuple[Path, ...]:
+        return self._unannotated[case] if case in self._unannotated else self._files[case]
 
     def _landmark_file(self, volume_path: Path) -> Path | None:
         case = volume_stem(volume_path)

@@ -1,4 +1,11 @@
-"""The data of a training run: its source, split, landmark set and cached cases."""
+"""The data of a training run: its source, split, landmark set and cached cases.
+
+Annotated points train with weight 1. Few-shot training adds pseudo-labelled cases (unannotated
+scans of a generic dataset with landmarks from registration or from a previous model): their
+landmarks' confidence is their training weight, and the validation cases are then drawn from
+them (the `data.validation` fraction of them, at least 1 and at most 4, or the cases it names),
+so that every annotated scan trains.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from ..data.volume import Volume
 from .cache import CaseCache
 from .config import TrainingConfig, TrainingConfigError
 
+MAX_PSEUDO_LABELLED_VALIDATION = 4
 DEFAULT_PHANTOM = {"train_seeds": [1000, 1064], "validation_seeds": [0, 8]}
 
 
@@ -36,14 +44,22 @@ class TrainingData:
             from the configuration or the first training case.
         mean_shape: the mean shape to use (a fine-tuned model keeps its own); otherwise the
             training cases' own.
+        pseudo_labels: landmarks (model order, confidence = training weight) of unannotated
+            cases of the generic dataset, for few-shot training.
     """
 
     def __init__(self, config: TrainingConfig, cache_dir: str | os.PathLike, data_root: str | os.PathLike | None = None,
                  names: list[str] | None = None, descriptions: list[str] | None = None,
-                 mean_shape: np.ndarray | None = None) -> None:
+                 mean_shape: np.ndarray | None = None,
+                 pseudo_labels: dict[str, Landmarks] | None = None) -> None:
         self.config = config
         data = config.data
-        self.source, self.train_cases, self.validation_cases = _source_and_split(config, data_root)
+        self.pseudo_labels = dict(pseudo_labels or {})
+        if self.pseudo_labels:
+            self.source, self.train_cases, self.validation_cases = _pseudo_labelled_split(
+                config, data_root, sorted(self.pseudo_labels))
+        else:
+            self.source, self.train_cases, self.validation_cases = _source_and_split(config, data_root)
         self.cache = CaseCache(self.source, cache_dir)
         self.absent = {case: list(absent) for case, absent in data.get("absent", {}).items()}
         unknown = sorted(set(self.absent) - set(self.train_cases) - set(self.validation_cases))
@@ -54,17 +70,24 @@ class TrainingData:
             names = [entry["name"] for entry in config.landmarks]
             descriptions = [entry.get("description", "") for entry in config.landmarks]
         if names is None:
-            first = self.cache.get(self.train_cases[0])[1]
+            first = self.case_landmarks_as_read(self.train_cases[0])
             names, descriptions = list(first.names), list(first.descriptions)
         self.names = list(names)
         self.descriptions = list(descriptions or [""] * len(self.names))
         self._mean_shape = mean_shape
 
     def case(self, case: str) -> tuple[Volume, Landmarks]:
-        """The case's volume and its landmarks in model order, configured absences applied."""
-        volume, landmarks = self.cache.get(case)
-        landmarks = match_landmarks(landmarks, self.names, case)
+        """The case's volume and its landmarks in model order, configured absences applied; the
+        confidence is the training weight (NaN, i.e. 1, for annotated points)."""
+        volume = self.cache.get(case)[0]
+        landmarks = match_landmarks(self.case_landmarks_as_read(case), self.names, case)
+        if case not in self.pseudo_labels:
+            landmarks.confidence[:] = np.nan
         return volume, mark_absent(landmarks, self.absent.get(case, []), case)
+
+    def case_landmarks_as_read(self, case: str) -> Landmarks:
+        """The case's annotation, or its pseudo-label."""
+        return self.pseudo_labels[case] if case in self.pseudo_labels else self.cache.get(case)[1]
 
     @cached_property
     def mean_shape(self) -> np.ndarray:
@@ -87,7 +110,38 @@ class TrainingData:
             "validation_cases": self.validation_cases,
             "absent": self.absent,
             "fingerprints": {case: self.source.fingerprint(case) for case in cases},
+            **({"pseudo_labelled_cases": sorted(self.pseudo_labels)} if self.pseudo_labels else {}),
         }
+
+
+def _pseudo_labelled_split(config: TrainingConfig, data_root,
+                           pseudo_labelled: list[str]) -> tuple[CaseSource, list[str], list[str]]:
+    """Annotated cases (all but ``test`` ones) and pseudo-labelled ones train; validation cases
+    are drawn from the pseudo-labelled ones, unless `data.validation.cases` names them."""
+    root = data_root or config.data.get("root")
+    if config.data["layout"] != "generic" or root is None:
+        raise TrainingConfigError("Few-shot training needs a generic dataset folder (--data DIR).")
+    source = GenericDataset(root)
+    unknown = sorted(set(pseudo_labelled) - set(source.unannotated_cases()))
+    if unknown:
+        raise TrainingConfigError(f"Pseudo-labelled case {unknown[0]!r} is not an unannotated case of {root}.")
+    validation = config.data.get("validation", {})
+    named = list(validation.get("cases", ()))
+    if named:
+        unknown = sorted(set(named) - set(source.cases()) - set(pseudo_labelled))
+        if unknown:
+            raise TrainingConfigError(f"Validation case {unknown[0]!r} is not in the dataset.")
+        held_out = sorted(named)
+    else:
+        count = min(len(pseudo_labelled) - 1, MAX_PSEUDO_LABELLED_VALIDATION,
+                    max(1, round(validation.get("fraction", 0.0) * len(pseudo_labelled))))
+        chosen = np.random.default_rng(config.seed).permutation(len(pseudo_labelled))[:max(count, 0)]
+        held_out = sorted(pseudo_labelled[index] for index in chosen)
+    annotated = [case for case in source.cases() if source.notes(case).get("split") != "test"]
+    train = [case for case in annotated + pseudo_labelled if case not in held_out]
+    if not held_out or not train:
+        raise TrainingConfigError("Few-shot training needs at least two unannotated scans (one validates).")
+    return source, train, held_out
 
 
 def _source_and_split(config: TrainingConfig, data_root) -> tuple[CaseSource, list[str], list[str]]:

@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text, remove_directory
+from ..data.landmarks import Landmarks
 from ..data.preprocessing import IntensityMap
 from ..device import autocast_dtype, resolve_device, set_threads
 from ..errors import CheckpointError
@@ -82,7 +83,9 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
           device: str = "auto", threads: int | None = None, max_minutes: float | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           command: object = "H3DELandmarksLib.training.loop.train",
-          initial: InitialModel | None = None) -> TrainingResult:
+          initial: InitialModel | None = None,
+          pseudo_labels: dict[str, Landmarks] | None = None,
+          cache_dir: str | os.PathLike | None = None) -> TrainingResult:
     """Train every stage of `config` and write the model package to ``output_dir/package``.
 
     Args:
@@ -97,6 +100,8 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
         progress: show tqdm progress bars.
         command: recorded in the manifest (the command line; the CLI passes its own).
         initial: the model a fine-tuning run starts from (its stage weights and mean shape).
+        pseudo_labels: landmarks of unannotated cases (few-shot training, see `TrainingData`).
+        cache_dir: the case cache (default ``output_dir/cache``).
 
     Under torchrun (or in a process group the caller initialised) every process calls this with
     the same arguments; see `distributed`.
@@ -114,8 +119,8 @@ def train(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str 
                 _remove_run(output)
             names = state["landmarks"]["names"] if state else None
             descriptions = state["landmarks"]["descriptions"] if state else None
-            data = TrainingData(config, output / CACHE_DIR, data_root, names, descriptions,
-                                None if initial is None else initial.mean_shape)
+            data = TrainingData(config, cache_dir or output / CACHE_DIR, data_root, names, descriptions,
+                                None if initial is None else initial.mean_shape, pseudo_labels)
         if context.world_size > 1:
             for case in context.share(data.train_cases + data.validation_cases):
                 data.case(case)
@@ -317,7 +322,10 @@ class _StageTrainer:
 
     def _loss(self, output: torch.Tensor, samples: list[Sample]) -> torch.Tensor:
         stage = self.stage
+        weights = torch.from_numpy(np.stack([sample.weights for sample in samples])).float()
         if stage.loss == "proposals":
+            if bool((weights != 1).any()):
+                raise TrainingConfigError("The proposal head cannot weight pseudo-labels; use a heatmap loss.")
             targets = [proposal_targets(torch.from_numpy(s.points), torch.from_numpy(s.present),
                                         tuple(output.shape[1:4]), self.net.config.anchor_radii,
                                         self.net.output_stride) for s in samples]
@@ -327,10 +335,10 @@ class _StageTrainer:
                                                tuple(output.shape[2:]), self.net.output_stride, target)
                                for s in samples]).to(output.device)
         if stage.loss == "hnm":
-            return hnm_heatmap_loss(output, targets, target.radius)
+            return hnm_heatmap_loss(output, targets, target.radius, weights=weights)
         if stage.loss == "weighted_mse":
-            return weighted_mse_loss(output, targets)
-        return adaptive_wing_loss(output, targets)
+            return weighted_mse_loss(output, targets, weights=weights)
+        return adaptive_wing_loss(output, targets, weights=weights)
 
     def _epoch_order(self, epoch: int) -> list[str]:
         """The case of every sample of the epoch: shuffled passes over the training cases."""

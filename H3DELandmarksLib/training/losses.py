@@ -10,7 +10,9 @@ Heatmap head:
 - ``adaptive_wing`` (the project's default) and ``weighted_mse``: the "gaussian" target (peak 1)
   with the foreground (target > 0.2, dilated by one voxel) weighted up.
 
-Proposal head (``proposals``): the published loss, with the hard-negative pool and the
+A heatmap loss takes optional per-landmark weights (B, L), the landmarks' training weights (1 for
+an annotated point, a pseudo-label's reliability otherwise): each (case, landmark) map counts in
+proportion to its weight. Proposal head (``proposals``): the published loss, with the hard-negative pool and the
 background regulariser as described at `proposal_loss`.
 """
 
@@ -35,7 +37,8 @@ def hard_negative_indices(scores: torch.Tensor, positive: torch.Tensor, k: int) 
     return scores.masked_fill(positive, -math.inf).topk(k, dim=-1).indices
 
 
-def hnm_heatmap_loss(prediction: torch.Tensor, target: torch.Tensor, radius: float) -> torch.Tensor:
+def hnm_heatmap_loss(prediction: torch.Tensor, target: torch.Tensor, radius: float,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """Published hard-negative-mining loss, index bug fixed; (B, L, X, Y, Z) each.
 
     Per (case, landmark): mean SmoothL1 over the voxels with target >= 0 (the sphere), plus mean
@@ -56,7 +59,7 @@ def hnm_heatmap_loss(prediction: torch.Tensor, target: torch.Tensor, radius: flo
     ranked = torch.arange(largest, device=prediction.device) < count[..., None]
     negative_loss = F.smooth_l1_loss(prediction.gather(-1, chosen), target.gather(-1, chosen), reduction="none")
     negative_loss = torch.where(ranked, negative_loss, 0.0).sum(-1) / count.clamp(min=1)
-    return (positive_loss + negative_loss).mean()
+    return _weighted(positive_loss + negative_loss, weights).mean()
 
 
 def sphere_voxels(radius: float) -> int:
@@ -68,7 +71,8 @@ def sphere_voxels(radius: float) -> int:
 
 
 def adaptive_wing_loss(prediction: torch.Tensor, target: torch.Tensor, alpha: float = 2.1, omega: float = 14.0,
-                       epsilon: float = 1.0, theta: float = 0.5, foreground_weight: float = 10.0) -> torch.Tensor:
+                       epsilon: float = 1.0, theta: float = 0.5, foreground_weight: float = 10.0,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
     """Adaptive wing loss (Wang et al., ICCV 2019) with its weighted foreground; (B, L, X, Y, Z).
 
     Near the landmark (target near 1) small errors keep a large gradient, which sharpens the
@@ -81,13 +85,21 @@ def adaptive_wing_loss(prediction: torch.Tensor, target: torch.Tensor, alpha: fl
     slope = omega / (1 + ratio**power) * power * ratio ** (power - 1) / epsilon
     offset = theta * slope - omega * torch.log1p(ratio**power)
     loss = torch.where(error < theta, omega * torch.log1p((error / epsilon) ** power), slope * error - offset)
-    return (loss * foreground_weights(target, foreground_weight)).mean()
+    return _weighted(loss * foreground_weights(target, foreground_weight), weights).mean()
 
 
-def weighted_mse_loss(prediction: torch.Tensor, target: torch.Tensor, foreground_weight: float = 10.0) -> torch.Tensor:
+def weighted_mse_loss(prediction: torch.Tensor, target: torch.Tensor, foreground_weight: float = 10.0,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error with the foreground weighted up; (B, L, X, Y, Z)."""
     squared = (prediction.float() - target.float()).square()
-    return (squared * foreground_weights(target.float(), foreground_weight)).mean()
+    return _weighted(squared * foreground_weights(target.float(), foreground_weight), weights).mean()
+
+
+def _weighted(loss: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """`loss` (B, L, ...) times per-(case, landmark) `weights` (B, L); unchanged without weights."""
+    if weights is None:
+        return loss
+    return loss * weights.to(loss.device, loss.dtype).reshape(*weights.shape, *([1] * (loss.dim() - 2)))
 
 
 def foreground_weights(target: torch.Tensor, weight: float) -> torch.Tensor:

@@ -48,6 +48,8 @@ class Sample:
         present: (L,) bool, present in the case and inside the patch.
         spacing: (3,) mm per input voxel along X, Y, Z.
         focus: the landmark the patch was centred on (fine stage), else None.
+        weights: (L,) training weight of each landmark: its confidence where known (a
+            pseudo-label's reliability), else 1 (a hand-placed point).
     """
 
     image: np.ndarray
@@ -55,6 +57,7 @@ class Sample:
     present: np.ndarray
     spacing: np.ndarray
     focus: int | None = None
+    weights: np.ndarray | None = None
 
 
 class StageSampler:
@@ -94,7 +97,7 @@ class StageSampler:
         sample = self._sample(volume, landmarks, transform, grid, focus)
         image = augment_intensity(sample.image, rng, self.augmentation,
                                   self.intensity.scale_min, self.intensity.scale_max)
-        return Sample(image, sample.points, sample.present, sample.spacing, focus)
+        return Sample(image, sample.points, sample.present, sample.spacing, focus, sample.weights)
 
     def validation_samples(self, volume: Volume, landmarks: Landmarks, seed: int) -> list[Sample]:
         """Fixed patches of the case: the centred one (coarse), or one per landmark centred
@@ -162,4 +165,5 @@ class StageSampler:
             present=landmarks.present & inside,
             spacing=np.asarray(grid.spacing, float),
             focus=focus,
+            weights=np.where(np.isfinite(landmarks.confidence), landmarks.confidence, 1.0),
         )

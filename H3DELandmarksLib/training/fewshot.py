@@ -1,0 +1,246 @@
+"""Few-shot and one-shot training: annotated scans teach a model through pseudo-labels in rounds.
+
+When a generic dataset has unannotated scans (volumes without a landmark file), or a reference
+template is given:
+
+1. every reference (each annotated case, or the template alone) is registered onto every
+   unannotated scan and the estimates are fused into round-0 pseudo-labels, weighted by their
+   reliability (`pseudo_labels`);
+2. round r trains the networks on the annotated plus pseudo-labelled cases (a few pseudo-labelled
+   cases validate, see `TrainingData`); round 1 starts from seeded random weights, every later
+   round from the previous round's weights;
+3. the round's model re-labels the unannotated scans; when the labels moved less than the
+   tolerance (median over points), or after the last round, training stops.
+
+Run folder: ``registration/`` (per-pair cache), ``pseudo_labels/round-<r>/`` (the labels round
+r + 1 trains on), ``rounds/<r>/`` (each round's checkpoint, log and package), ``cache/`` (the cases,
+shared by the rounds), ``fewshot.json`` (the finished rounds and how far the labels moved) and
+``package/`` (the last round's model). Every step writes atomically and is skipped when its
+result is already there, so ``resume=True`` after a time limit or Ctrl-C continues where the run
+stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..atomic import atomic_write_text, remove_directory
+from ..data.datasets import GenericDataset, match_landmarks
+from ..data.landmark_files import read_landmarks
+from ..data.landmarks import Landmarks
+from ..data.registration import RegistrationSettings
+from ..data.volume import Volume
+from ..data.volume_io import read_volume
+from ..errors import CheckpointError
+from ..inference.predictor import Predictor
+from ..registry.package import read_package, write_package
+from ..registry.stage_weights import split_stage_state_dicts
+from .config import TrainingConfig, TrainingConfigError
+from .initialization import InitialModel
+from .loop import CACHE_DIR, CHECKPOINT_FILE, PACKAGE_DIR, TrainingResult, train
+from .pseudo_labels import (
+    Reference,
+    Target,
+    file_digest,
+    label_movement,
+    model_labels,
+    read_label_set,
+    register_references,
+    registration_labels,
+    run_settings,
+    write_label_set,
+)
+from .recipe import DataSummary, summarize_data
+
+STATE_FILE = "fewshot.json"
+LABELS_DIR = "pseudo_labels"
+ROUNDS_DIR = "rounds"
+TEMPLATE = "template"
+
+
+@dataclass(frozen=True)
+class FewShotSettings:
+    """How the pseudo-labels are made and updated.
+
+    Attributes:
+        rounds: most training rounds.
+        tolerance_mm: stop once the labels move less than this (median); None: half the finest
+            stage spacing.
+        reliability_scale_mm: registration spread at which a pseudo-label weighs one half;
+            None: the finest stage spacing.
+        registration: how the references are registered.
+        template: (volume, landmarks) files of a population template, the only reference.
+    """
+
+    rounds: int = 2
+    tolerance_mm: float | None = None
+    reliability_scale_mm: float | None = None
+    registration: RegistrationSettings = field(default_factory=RegistrationSettings)
+    template: tuple[Path, Path] | None = None
+
+
+def needs_pseudo_labels(data_root: str | os.PathLike | None, settings: FewShotSettings) -> bool:
+    """Whether a run on `data_root` is a few-shot run (unannotated scans, or a template)."""
+    if settings.template is not None:
+        return True
+    return data_root is not None and bool(GenericDataset(data_root).unannotated_cases())
+
+
+def few_shot_summary(source: GenericDataset, load: Callable[[str], tuple[Volume, Landmarks]],
+                     settings: FewShotSettings) -> DataSummary:
+    """What a derived recipe is made from in a few-shot run: the references' voxels, landmarks,
+    poses and intensities, with every scan (annotated and unannotated) counted as a case."""
+    if settings.template is not None:
+        template = _references(source, settings)[0]
+        summary = summarize_data(lambda _: template.load(), [TEMPLATE])
+        annotated = source.cases()
+    else:
+        annotated = [reference.name for reference in _references(source, settings)]
+        summary = summarize_data(load, annotated)
+    return dataclasses.replace(summary, cases=annotated + source.unannotated_cases())
+
+
+def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str | os.PathLike,
+                   settings: FewShotSettings, device: str = "auto", threads: int | None = None,
+                   max_minutes: float | None = None, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True, command: object = "H3DELandmarksLib.training.fewshot.train_few_shot"
+                   ) -> TrainingResult:
+    """Few-shot training of `config` on `data_root` (see module notes); the arguments are `train`'s."""
+    if settings.rounds < 1:
+        raise TrainingConfigError("Few-shot training needs at least one round.")
+    started = time.monotonic()
+    deadline = None if max_minutes is None else started + 60.0 * max_minutes
+    output = Path(output_dir)
+    state = _initial_state(output, config, resume, overwrite)
+    source = GenericDataset(data_root)
+    unannotated = source.unannotated_cases()
+    if len(unannotated) < 2:
+        raise TrainingConfigError("Few-shot training needs at least two unannotated scans (one validates).")
+    references = _references(source, settings)
+    names, descriptions, first = _landmark_set(references)
+    registration = run_settings(settings.registration, first)
+    targets = [Target(case, source.fingerprint(case), lambda case=case: source.load(case)[0]) for case in unannotated]
+    finest = min(min(stage.spacing_mm) for stage in config.stages)
+    scale = settings.reliability_scale_mm or finest
+    tolerance = settings.tolerance_mm if settings.tolerance_mm is not None else finest / 2
+
+    labels = read_label_set(output / LABELS_DIR / "round-0", names)
+    if labels is None:
+        estimates = register_references(references, targets, names, output, registration, progress,
+                                        stop=None if deadline is None else lambda: time.monotonic() > deadline)
+        if estimates is None:
+            return TrainingResult(False, output, None, {})
+        labels = registration_labels(names, descriptions, estimates, scale)
+        write_label_set(output / LABELS_DIR / "round-0", labels)
+
+    result = None
+    for number in range(1, settings.rounds + 1):
+        folder = output / ROUNDS_DIR / str(number)
+        if number <= state["rounds"]:
+            labels = read_label_set(output / LABELS_DIR / f"round-{number}", names) or labels
+            result = TrainingResult(True, folder, folder / PACKAGE_DIR, state["metrics"])
+            if state["stopped"] and number == state["rounds"]:
+                break
+            continue
+        remaining = None if deadline is None else max(0.0, (deadline - time.monotonic()) / 60.0)
+        if progress:
+            tqdm.write(f"Round {number}/{settings.rounds}: training on {len(source.cases())} annotated and "
+                       f"{len(labels)} pseudo-labelled scans")
+        result = train(config, folder, data_root=data_root, device=device, threads=threads, max_minutes=remaining,
+                       resume=(folder / CHECKPOINT_FILE).is_file(), overwrite=False, progress=progress,
+                       command=command, initial=_previous_round(output, number, config, names, descriptions),
+                       pseudo_labels=labels, cache_dir=output / CACHE_DIR)
+        if not result.finished:
+            return TrainingResult(False, output, None, result.metrics)
+        stopped = number == settings.rounds
+        if not stopped:
+            predictor = Predictor.from_model(result.package, device=device, threads=threads)
+            updated = model_labels(lambda volume: predictor.predict(volume).landmarks, targets, labels, progress)
+            moved = label_movement(labels, updated)
+            write_label_set(output / LABELS_DIR / f"round-{number}", updated)
+            labels = updated
+            stopped = moved < tolerance
+            state["movement_mm"].append(round(moved, 4))
+            if progress:
+                tqdm.write(f"Round {number}: pseudo-labels moved {moved:.3g} mm (median; tolerance {tolerance:.3g} mm)")
+        state.update(rounds=number, stopped=stopped, metrics=result.metrics)
+        _write_state(output, state)
+        if stopped:
+            break
+    package = output / PACKAGE_DIR
+    built = read_package(result.package)
+    manifest = dict(built.manifest)
+    manifest["training"] = {**manifest["training"], "few_shot": {
+        "references": [reference.name for reference in references], "pseudo_labelled_cases": unannotated,
+        "rounds": state["rounds"], "label_movement_mm": state["movement_mm"],
+        "registration": dataclasses.asdict(registration)}}
+    write_package(package, manifest, built.state_dict(), overwrite=True)
+    return TrainingResult(True, output, package, state["metrics"])
+
+
+def _references(source: GenericDataset, settings: FewShotSettings) -> list[Reference]:
+    """The template alone when one is given, else every annotated case (but ``test`` ones)."""
+    if settings.template is not None:
+        volume_path, landmark_path = (Path(path) for path in settings.template)
+        for path in (volume_path, landmark_path):
+            if not path.is_file():
+                raise TrainingConfigError(f"Reference template file {path} does not exist.")
+        return [Reference(TEMPLATE, file_digest(volume_path, landmark_path),
+                          lambda: (read_volume(volume_path), read_landmarks(landmark_path)))]
+    cases = [case for case in source.cases() if source.notes(case).get("split") != "test"]
+    if not cases:
+        raise TrainingConfigError(
+            f"{source.root} has no annotated case to register onto its unannotated scans; annotate one or give "
+            "a reference template.")
+    return [Reference(case, source.fingerprint(case), lambda case=case: source.load(case)) for case in cases]
+
+
+def _landmark_set(references: list[Reference]) -> tuple[list[str], list[str], Landmarks]:
+    """The first reference's landmark names and descriptions, and its landmarks; the others must
+    have the same landmarks."""
+    first = references[0].load()[1]
+    names = list(first.names)
+    for reference in references[1:]:
+        match_landmarks(reference.load()[1], names, reference.name)
+    return names, list(first.descriptions), first
+
+
+def _previous_round(output: Path, number: int, config: TrainingConfig, names: list[str],
+                    descriptions: list[str]) -> InitialModel | None:
+    """The previous round's weights (its mean shape is recomputed from the updated labels)."""
+    if number == 1:
+        return None
+    package = read_package(output / ROUNDS_DIR / str(number - 1) / PACKAGE_DIR)
+    networks = split_stage_state_dicts(package.manifest, package.state_dict(), str(package.path))
+    return InitialModel(f"{package.id}@{package.version}", config.raw, names, descriptions, None, networks)
+
+
+def _initial_state(output: Path, config: TrainingConfig, resume: bool, overwrite: bool) -> dict:
+    path = output / STATE_FILE
+    if resume and path.is_file():
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("config_sha256") != config.sha256:
+            raise CheckpointError(f"{output} holds a few-shot run of a different training configuration; resume with "
+                                  "the same one or start over with --overwrite.")
+        return state
+    if not resume and (path.exists() or (output / ROUNDS_DIR).exists()):
+        if not overwrite:
+            raise CheckpointError(
+                f"{output} already holds a training run; pass --resume to continue it or --overwrite to start over.")
+        for stale in (output / ROUNDS_DIR, output / LABELS_DIR, output / PACKAGE_DIR):
+            if stale.is_dir():
+                remove_directory(stale)
+        path.unlink(missing_ok=True)
+    return {"config_sha256": config.sha256, "rounds": 0, "stopped": False, "movement_mm": [], "metrics": {}}
+
+
+def _write_state(output: Path, state: dict) -> None:
+    atomic_write_text(output / STATE_FILE, json.dumps(state, indent=2) + "\n", overwrite=True)

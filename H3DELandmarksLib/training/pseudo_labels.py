@@ -1,0 +1,208 @@
+"""Pseudo-labels of unannotated scans: from registered references, then from a trained model.
+
+`register_references` registers every reference (an annotated case, or a population template
+with its landmarks) onto every unannotated scan (`data.registration`) and keeps each pair's
+carried-over landmarks in ``registration/<target>/<reference>.json`` of the run folder, keyed by
+both scans' fingerprints and the settings: a resumed or repeated run never registers a pair twice.
+`registration_labels` fuses them (`data.landmark_fusion`): the median position, and as the
+confidence (the training weight) the reliability of its spread. `model_labels` re-labels the scans
+with a trained model: its positions where it finds the landmark, with its confidence as the
+weight, the previous label elsewhere. Label sets are written as ``<case>.mrk.json`` files (the
+weight is each point's confidence) so that they open in Slicer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..atomic import atomic_write_text
+from ..checksums import sha256_of
+from ..data.landmark_files import read_landmarks, write_landmarks
+from ..data.landmark_fusion import fuse_estimates, reliability
+from ..data.landmarks import Landmarks
+from ..data.registration import RegistrationSettings, prepare_image, transfer_landmarks
+from ..data.volume import Volume
+from ..errors import H3DEError
+
+REGISTRATION_DIR = "registration"
+REGISTRATION_FORMAT = 1
+SPREAD_PER_WORKING_VOXEL = 85.0
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An annotated scan registered onto the unannotated ones.
+
+    Attributes:
+        name: its case name (or "template").
+        fingerprint: changes whenever its volume or landmarks change.
+        load: its volume and its landmarks in model order.
+    """
+
+    name: str
+    fingerprint: str
+    load: Callable[[], tuple[Volume, Landmarks]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """An unannotated scan: its case name, fingerprint and volume loader."""
+
+    name: str
+    fingerprint: str
+    load: Callable[[], Volume]
+
+
+def run_settings(settings: RegistrationSettings, landmarks: Landmarks) -> RegistrationSettings:
+    """`settings` with a working spacing when it has none: the largest distance between two of the
+    reference's `landmarks` over `SPREAD_PER_WORKING_VOXEL` (0.28 mm for mouse skulls, whose
+    landmarks spread over 24 mm), never finer than needed."""
+    if settings.working_spacing_mm is not None:
+        return settings
+    points = landmarks.positions[landmarks.present]
+    spread = float(np.max(np.linalg.norm(points[:, None] - points[None], axis=-1))) if len(points) > 1 else 0.0
+    return dataclasses.replace(settings, working_spacing_mm=round(spread / SPREAD_PER_WORKING_VOXEL, 3) or None)
+
+
+def register_references(references: Sequence[Reference], targets: Sequence[Target], names: Sequence[str],
+                        output: Path, settings: RegistrationSettings, progress: bool = True,
+                        stop: Callable[[], bool] | None = None) -> dict[str, list[np.ndarray]] | None:
+    """Every reference's landmarks ``(N, 3)`` carried onto every target, by target name.
+
+    Pairs already in ``output/registration`` are read back; the others are registered and stored.
+    Returns None when `stop()` turned true before every pair was done (the finished pairs are
+    kept for the next run).
+    """
+    results: dict[str, list[np.ndarray]] = {target.name: [] for target in targets}
+    prepared: dict[str, tuple] = {}
+    pairs = [(target, reference) for target in targets for reference in references]
+    with tqdm(total=len(pairs), disable=not progress, desc="registration", unit="pair") as bar:
+        for target in targets:
+            target_image = None
+            for reference in references:
+                path = _pair_path(output, target.name, reference.name)
+                key = _pair_key(target, reference, names, settings)
+                points = _read_pair(path, key, len(names))
+                if points is None:
+                    if stop is not None and stop():
+                        return None
+                    if reference.name not in prepared:
+                        volume, landmarks = reference.load()
+                        prepared[reference.name] = (prepare_image(volume, settings), volume, landmarks)
+                    if target_image is None:
+                        target_image = prepare_image(target.load(), settings)
+                    reference_image, volume, landmarks = prepared[reference.name]
+                    points, metric = transfer_landmarks(target_image, reference_image, volume, landmarks, settings)
+                    _write_pair(path, key, points, metric)
+                results[target.name].append(points)
+                bar.update()
+    return results
+
+
+def registration_labels(names: Sequence[str], descriptions: Sequence[str],
+                        estimates: dict[str, list[np.ndarray]], scale_mm: float) -> dict[str, Landmarks]:
+    """Fused registration estimates per case; confidence = reliability of the spread at `scale_mm`."""
+    labels = {}
+    for case, points in estimates.items():
+        fused = fuse_estimates(names, points)
+        landmarks = fused.landmarks
+        landmarks.descriptions = list(descriptions)
+        landmarks.confidence = np.where(landmarks.present, reliability(fused.spread_mm, scale_mm), np.nan)
+        labels[case] = landmarks
+    return labels
+
+
+def model_labels(predict: Callable[[Volume], Landmarks], targets: Sequence[Target],
+                 previous: dict[str, Landmarks], progress: bool = True) -> dict[str, Landmarks]:
+    """The model's landmarks where it finds them (confidence kept as the weight); the previous
+    label where it reports the landmark absent."""
+    labels = {}
+    for target in tqdm(targets, disable=not progress, desc="re-labelling", unit="scan"):
+        found = predict(target.load())
+        before = previous[target.name].reordered(found.names)
+        use = found.present
+        labels[target.name] = Landmarks(
+            names=list(found.names),
+            positions=np.where(use[:, None], found.positions, before.positions),
+            present=use | before.present,
+            confidence=np.where(use, found.confidence, before.confidence),
+            descriptions=list(before.descriptions),
+        )
+    return labels
+
+
+def label_movement(old: dict[str, Landmarks], new: dict[str, Landmarks]) -> float:
+    """Median distance (mm) that the labels moved, over the points present in both."""
+    distances = []
+    for case, landmarks in new.items():
+        before = old[case].reordered(landmarks.names)
+        both = landmarks.present & before.present
+        distances += list(np.linalg.norm(landmarks.positions[both] - before.positions[both], axis=1))
+    return float(np.median(distances)) if distances else 0.0
+
+
+def write_label_set(folder: Path, labels: dict[str, Landmarks]) -> None:
+    """``<case>.mrk.json`` per case (replacing older ones), then ``done.json`` listing them."""
+    for case, landmarks in labels.items():
+        write_landmarks(folder / f"{case}.mrk.json", landmarks, overwrite=True)
+    atomic_write_text(folder / "done.json", json.dumps(sorted(labels)), overwrite=True)
+
+
+def read_label_set(folder: Path, names: Sequence[str]) -> dict[str, Landmarks] | None:
+    """The label set written by `write_label_set`, None when it is absent or incomplete."""
+    try:
+        cases = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return {case: read_landmarks(folder / f"{case}.mrk.json").reordered(list(names)) for case in cases}
+
+
+def settings_digest(settings: RegistrationSettings) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()).hexdigest()
+
+
+def _pair_key(target: Target, reference: Reference, names: Sequence[str], settings: RegistrationSettings) -> dict:
+    return {"format": REGISTRATION_FORMAT, "target": target.fingerprint, "reference": reference.fingerprint,
+            "names": list(names), "settings": settings_digest(settings)}
+
+
+def _pair_path(output: Path, target: str, reference: str) -> Path:
+    return output / REGISTRATION_DIR / _safe(target) / f"{_safe(reference)}.json"
+
+
+def _read_pair(path: Path, key: dict, count: int) -> np.ndarray | None:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if stored.get("key") != key:
+        return None
+    points = np.array([[np.nan if value is None else value for value in row] for row in stored["points"]], float)
+    if points.shape != (count, 3):
+        raise H3DEError(f"{path} holds {len(points)} points, not {count}; delete it to register that pair again.")
+    return points
+
+
+def _write_pair(path: Path, key: dict, points: np.ndarray, metric: float) -> None:
+    rows = [[None if not np.isfinite(value) else float(value) for value in row] for row in points]
+    atomic_write_text(path, json.dumps({"key": key, "metric": float(metric), "points": rows}), overwrite=True)
+
+
+def _safe(name: str) -> str:
+    """A file-system-safe name that keeps distinct names apart."""
+    readable = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
+    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def file_digest(*paths: str | os.PathLike) -> str:
+    """Digest of files' contents (a reference template's fingerprint)."""
+    return hashlib.sha256("".join(sha256_of(path) for path in paths).encode()).hexdigest()

@@ -1,0 +1,134 @@
+"""Registration, fusion of estimates, unannotated cases and few-shot training in rounds."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from H3DELandmarksLib.cli.main import main
+from H3DELandmarksLib.data.datasets import GenericDataset
+from H3DELandmarksLib.data.landmark_files import read_landmarks, write_landmarks
+from H3DELandmarksLib.data.landmark_fusion import fuse_estimates, reliability
+from H3DELandmarksLib.data.landmarks import Landmarks
+from H3DELandmarksLib.data.phantom import make_phantom
+from H3DELandmarksLib.data.registration import RegistrationSettings, prepare_image, transfer_landmarks
+from H3DELandmarksLib.data.volume import Volume
+from H3DELandmarksLib.data.volume_io import write_volume
+from H3DELandmarksLib.registry import read_package
+from H3DELandmarksLib.cli import train as train_cli
+from H3DELandmarksLib.training import pseudo_labels
+from H3DELandmarksLib.training.pseudo_labels import REGISTRATION_DIR
+
+TINY_ARCHITECTURE = {"base": "default", "embed_dims": [8, 16, 32, 64], "qk_dims": [8, 16, 32, 64],
+                     "depths": [1, 1, 1, 1], "decoder_dims": [16, 16, 8, 8], "skip_dims": [8]}
+QUICK = {
+    "architecture": TINY_ARCHITECTURE,
+    "stages": [
+        {"name": "coarse", "patch_size": [32, 32, 40], "epochs": 1, "samples_per_epoch": 2, "batch_size": 1},
+        {"name": "fine", "patch_size": [32, 32, 40], "epochs": 1, "samples_per_epoch": 2, "batch_size": 1},
+    ],
+}
+QUICK_REGISTRATION = RegistrationSettings(random_rotations=10, optimised_starts=2, bspline_iterations=10)
+
+
+def affine_copy(volume: Volume, landmarks: Landmarks, matrix: np.ndarray, shift: np.ndarray):
+    """`volume` resampled so that its content moves by p -> matrix @ (p - c) + c + shift (c: the
+    volume's centre), and its landmarks moved the same way."""
+    centre = volume.index_to_physical((np.asarray(volume.shape_ijk) - 1) / 2)
+    forward = sitk.AffineTransform(3)
+    forward.SetMatrix(matrix.ravel().tolist())
+    forward.SetCenter(centre.tolist())
+    forward.SetTranslation(shift.tolist())
+    image = volume.to_sitk()
+    moved = sitk.Resample(image, image, forward.GetInverse(), sitk.sitkLinear, float(volume.array.min()))
+    positions = (landmarks.positions - centre) @ matrix.T + centre + shift
+    return Volume.from_sitk(moved), Landmarks(landmarks.names, positions, landmarks.present)
+
+
+def test_registration_recovers_a_known_rigid_and_affine_transform():
+    volume, landmarks = make_phantom(3, size=(48, 48, 48), spacing=3.5, rotation=None, direction=None, noise_hu=5)
+    angle = np.radians(12.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    matrix = rotation @ np.diag([1.06, 0.95, 1.02])
+    target, truth = affine_copy(volume, landmarks, matrix, np.array([4.0, -3.0, 2.5]))
+    moved = np.linalg.norm(truth.positions - landmarks.positions, axis=1)
+    points, _ = transfer_landmarks(prepare_image(target, QUICK_REGISTRATION),
+                                   prepare_image(volume, QUICK_REGISTRATION), volume, landmarks, QUICK_REGISTRATION)
+    errors = np.linalg.norm(points - truth.positions, axis=1)
+    usable = np.isfinite(errors)
+    assert usable.sum() >= len(landmarks) - 2
+    assert np.median(moved) > 5.0
+    assert np.median(errors[usable]) < 0.75 and errors[usable].max() < 1.5
+
+
+def test_fusion_takes_the_median_and_its_spread_as_reliability():
+    names = ["a", "b", "c"]
+    estimates = [np.array([[0, 0, 0], [1, 1, 1], [np.nan] * 3]),
+                 np.array([[2, 0, 0], [1, 1, 1], [np.nan] * 3]),
+                 np.array([[1, 0, 0], [1, 1, 4], [5, 5, 5]])]
+    fused = fuse_estimates(names, [np.asarray(points, float) for points in estimates])
+    np.testing.assert_allclose(fused.landmarks.positions[:2], [[1, 0, 0], [1, 1, 1]])
+    np.testing.assert_allclose(fused.landmarks.positions[2], [5, 5, 5])
+    np.testing.assert_allclose(fused.spread_mm[:2], [1.0, 0.0])
+    assert np.isnan(fused.spread_mm[2]) and list(fused.estimates) == [3, 3, 1]
+    np.testing.assert_allclose(reliability(fused.spread_mm, 1.0), [0.5, 1.0, 1.0])
+    nowhere = fuse_estimates(["a"], [np.full((1, 3), np.nan)])
+    assert not nowhere.landmarks.present[0]
+
+
+def write_dataset(root: Path, annotated: list[int], unannotated: list[int]) -> Path:
+    for seed in annotated + unannotated:
+        volume, landmarks = make_phantom(seed, size=(32, 32, 32), spacing=4.0)
+        write_volume(volume, root / "volumes" / f"p{seed}.nrrd")
+        if seed in annotated:
+            write_landmarks(root / "landmarks" / f"p{seed}.mrk.json", landmarks)
+    return root
+
+
+def test_volumes_without_landmarks_are_unannotated_cases(tmp_path):
+    source = GenericDataset(write_dataset(tmp_path, [1], [2, 3]))
+    assert source.cases() == ["p1"] and source.unannotated_cases() == ["p2", "p3"]
+    volume, landmarks = source.load("p2")
+    assert volume.array.shape == (32, 32, 32) and len(landmarks) == 0
+    assert source.fingerprint("p2") != source.fingerprint("p3")
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("a cached pair was registered again")
+
+
+def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_cli, "RegistrationSettings", lambda **given: RegistrationSettings(
+        **{**vars(QUICK_REGISTRATION), **{key: value for key, value in given.items() if value is not None}}))
+    data = write_dataset(tmp_path / "data", [1], [2, 3])
+    quick = tmp_path / "quick.json"
+    quick.write_text(json.dumps(QUICK), encoding="utf-8")
+    output = tmp_path / "run"
+    arguments = ["train", "--data", str(data), "--output", str(output), "--config", str(quick), "--rounds", "2",
+                 "--label-tolerance", "0", "--no-progress", "--threads", "1"]
+    assert main(arguments) == 0
+    assert f"model package: {output / 'package'}" in capsys.readouterr().out
+    state = json.loads((output / "fewshot.json").read_text(encoding="utf-8"))
+    assert state["rounds"] == 2 and len(state["movement_mm"]) == 1
+    labels = read_landmarks(output / "pseudo_labels" / "round-0" / "p2.mrk.json")
+    assert labels.present.sum() >= len(labels) - 2
+    assert np.all((labels.confidence[labels.present] > 0) & (labels.confidence[labels.present] <= 1))
+    assert (output / "pseudo_labels" / "round-1" / "done.json").is_file()
+    manifest = read_package(output / "package").manifest
+    assert manifest["training"]["few_shot"]["references"] == ["p1"]
+    assert manifest["training"]["few_shot"]["pseudo_labelled_cases"] == ["p2", "p3"]
+    assert sorted(manifest["training"]["data"]["pseudo_labelled_cases"]) == ["p2", "p3"]
+    assert main(["detect", str(data / "volumes" / "p2.nrrd"), "--model", str(output / "package"),
+                 "--out", str(tmp_path / "found"), "--progress", "none", "--threads", "1"]) == 0
+    assert len(read_landmarks(tmp_path / "found" / "p2.mrk.json")) == len(labels)
+
+    pairs = sorted((output / REGISTRATION_DIR).rglob("*.json"))
+    stamps = [path.stat().st_mtime_ns for path in pairs]
+    assert len(pairs) == 2
+    assert main(arguments) == 2
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(pseudo_labels, "transfer_landmarks", refuse)
+    assert main(arguments + ["--resume"]) == 0
+    assert [path.stat().st_mtime_ns for path in pairs] == stamps
