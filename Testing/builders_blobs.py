@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from torch import nn
 
 from H3DELandmarksLib.data.volume import Volume
@@ -27,10 +28,7 @@ TRUTH_OFFSETS = np.array([[-11.0, -9.0, 6.0], [9.5, -6.5, -9.0], [-4.0, 10.5, -7
 
 def rotation(axis, degrees) -> np.ndarray:
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
-    x, y, z = axis
-    cross = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
-    angle = math.radians(degrees)
-    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+    return Rotation.from_rotvec(axis * degrees, degrees=True).as_matrix()
 
 
 DIRECTIONS = {

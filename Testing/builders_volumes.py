@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
 
 from H3DELandmarksLib.data.volume import Volume
 
@@ -17,11 +18,7 @@ SERIES_B = "1.2.826.0.1.3680043.2.1125.1002"
 
 def rotation(axis: int, angle: float) -> np.ndarray:
     """Rotation matrix by `angle` radians about LPS axis `axis`."""
-    first, second = [a for a in range(3) if a != axis]
-    matrix = np.eye(3)
-    matrix[first, first] = matrix[second, second] = np.cos(angle)
-    matrix[first, second], matrix[second, first] = -np.sin(angle), np.sin(angle)
-    return matrix
+    return Rotation.from_rotvec(np.eye(3)[axis] * angle).as_matrix()
 
 
 OBLIQUE = rotation(0, 0.3) @ rotation(2, 0.5)

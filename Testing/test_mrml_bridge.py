@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from builders_blobs import COARSE, DIRECTIONS, FINE, blob_volume, heatmap_predictor, truth_positions, voxel_errors
 from builders_downloads import MODEL_ID, make_registry, serve
@@ -56,9 +57,8 @@ DETECTION_TIMEOUT_S = 180.0
 def rigid_ras_matrix() -> np.ndarray:
     """A rotation about an oblique axis plus a translation, as a 4x4 RAS matrix."""
     axis = np.array([1.0, -2.0, 0.5]) / np.linalg.norm([1.0, -2.0, 0.5])
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     matrix = np.eye(4)
-    matrix[:3, :3] = np.eye(3) + np.sin(0.4) * cross + (1 - np.cos(0.4)) * cross @ cross
+    matrix[:3, :3] = Rotation.from_rotvec(0.4 * axis).as_matrix()
     matrix[:3, 3] = [12.0, -7.5, 30.0]
     return matrix
 

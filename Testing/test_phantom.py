@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from H3DELandmarksLib.data.landmarks import Landmarks
 from H3DELandmarksLib.data.phantom import HU_RANGE, PHANTOM_LANDMARK_NAMES, PHANTOM_LANDMARKS, make_phantom
@@ -28,11 +29,8 @@ BONY_POINTS = ("nasion", "inion", "gonion_left", "gonion_right", "menton", "dens
 
 
 def rotation_about(axis: np.ndarray, degrees: float) -> np.ndarray:
-    """Right-handed rotation matrix (Rodrigues)."""
-    x, y, z = axis / np.linalg.norm(axis)
-    cross = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-    angle = np.radians(degrees)
-    return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
+    """Right-handed rotation matrix."""
+    return Rotation.from_rotvec(axis / np.linalg.norm(axis) * degrees, degrees=True).as_matrix()
 
 
 TILT = rotation_about(np.array([1.0, 1.5, 1.8]), 17.0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
 
 from .resample import crop_or_pad_to_box
 from .volume import Volume
@@ -127,16 +128,10 @@ def random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     """A rotation by at most `max_deg` about a uniformly random axis; uniform over all
     rotations when `max_deg` is 180 or more."""
     if max_deg >= 180:
-        w, x, y, z = _unit(rng.normal(size=4))
-        return np.array([
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ])
+        return Rotation.random(random_state=rng).as_matrix()
     axis = _unit(rng.normal(size=3))
     angle = np.radians(rng.uniform(-max_deg, max_deg))
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+    return Rotation.from_rotvec(angle * axis).as_matrix()
 
 
 def sample_patch(volume: Volume, transform: PatchTransform, grid: PatchGrid, pad_value: float) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
 
 from .landmarks import Landmarks
 from .solids import (
@@ -137,12 +138,6 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    """Right-handed rotation by `angle` radians about the unit `axis` (Rodrigues)."""
-    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * k @ k
-
-
 def _skull(vary: _Variation, g: np.ndarray, tissue: _Tissue) -> tuple[Ellipsoid, _Head]:
     """Vault with sutures, brain and ventricles, skull base with the sella, occipital knob."""
     outer = Ellipsoid(_v(0, 0, 0), _v(35, 42, 36) * g)
@@ -243,7 +238,8 @@ def _mandible(vary: _Variation, g: np.ndarray, tissue: _Tissue, skull: Ellipsoid
         angles[name] = _v(side * 28, 3, -52) * g + vary.offset(2, 3)
     chin = _v(vary.offset(1.5), -30 * g[1], -58 * g[2])
     hinge = _unit(condyles["left"] - condyles["right"])
-    opening = _axis_rotation(hinge, np.radians(_MAX_JAW_OPENING_DEG) * vary.amount * vary.rng.uniform())
+    opening_angle = np.radians(_MAX_JAW_OPENING_DEG) * vary.amount * vary.rng.uniform()
+    opening = Rotation.from_rotvec(hinge * opening_angle).as_matrix()
     pivot = condyles["right"]
     chin = pivot + opening @ (chin - pivot)
     layers = [
@@ -395,8 +391,7 @@ def _matrix_option(value, random_value: np.ndarray, what: str, proper: bool) -> 
 
 def _random_tilt(rng: np.random.Generator) -> np.ndarray:
     """Head tilt within +/- _MAX_TILT_DEG about each axis."""
-    ax, ay, az = np.radians(rng.uniform(-_MAX_TILT_DEG, _MAX_TILT_DEG, 3))
-    return _axis_rotation(_v(0, 0, 1), az) @ _axis_rotation(_v(0, 1, 0), ay) @ _axis_rotation(_v(1, 0, 0), ax)
+    return Rotation.from_euler("xyz", rng.uniform(-_MAX_TILT_DEG, _MAX_TILT_DEG, 3), degrees=True).as_matrix()
 
 
 def _random_direction(rng: np.random.Generator) -> np.ndarray:
