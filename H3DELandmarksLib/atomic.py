@@ -4,6 +4,7 @@ A reader never sees a half-written file, and an existing file is only replaced w
 says so (a user's corrections are never overwritten silently). Temporary files and folders are
 created with the permissions the umask gives (`tempfile` makes them private, 0600 / 0700, and a
 rename keeps that), so colleagues and services can read results as they read any other file.
+`check_writable_folder` lets a command refuse an unusable output folder before it does any work.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -68,3 +70,22 @@ def remove_directory(directory: Path) -> None:
     doomed = directory.with_name(f".{directory.name}.removed-{secrets.token_hex(4)}")
     os.replace(directory, doomed)
     shutil.rmtree(doomed)
+
+
+def check_writable_folder(path: str | os.PathLike, option: str) -> None:
+    """Raise H3DEError (one sentence naming `option`, e.g. "--out") unless `path` is a folder this
+    process can create files in, or can be created as one; nothing is left behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise H3DEError(f"{option} {path} is a file, not a folder.")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise H3DEError(f"{option} {path} cannot be created: {existing} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "" if existing == path else f" (in {existing})"
+        raise H3DEError(f"{option} {path} is not writable{where}: {error.strerror or error}.") from None

@@ -4,12 +4,13 @@ The command writes (`EventWriter`) and a parent process reads (`read_event`):
 
 - ``start``: cases, model_id, model_version, device, load_seconds;
 - ``progress``: case, index, total, step, fraction (of that case, in [0, 1]);
-- ``case_done``: case, input, status ("ok" or "failed"), present, absent, seconds, outputs,
-  timings, error (a sentence, or null);
+- ``case_done``: case, input, status ("ok", "failed", or "skipped": its outputs were already
+  complete), present, absent, seconds, outputs, timings, error (a sentence, or null), note (a
+  sentence worth a look, such as why every landmark is absent, or null);
 - ``done``: cases, succeeded, failed, seconds, load_seconds.
 
 Every object has its kind under ``event``. Errors go to stderr as lines starting with
-`ERROR_PREFIX` followed by one sentence.
+`ERROR_PREFIX` followed by one sentence, notes as lines starting with `NOTE_PREFIX`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ CASE_DONE = "case_done"
 DONE = "done"
 EVENTS = (START, PROGRESS, CASE_DONE, DONE)
 ERROR_PREFIX = "h3de: error: "
+NOTE_PREFIX = "h3de: note: "
 
 
 class EventWriter:

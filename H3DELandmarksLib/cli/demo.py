@@ -32,20 +32,23 @@ def add_parser(subparsers, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_writable_folder
     from ..data.landmark_files import write_mrk_json
     from ..data.landmark_files.common import status_text
     from ..data.phantom import PHANTOM_LANDMARK_NAMES, make_phantom
     from ..data.volume_io import write_volume
     from ..evaluation.metrics import radial_errors
-    from .detect import Case, write_outputs
+    from ..inference.batch import output_paths, write_case_outputs
 
     absent = [name.strip() for name in args.absent.split(",") if name.strip()]
     unknown = [name for name in absent if name not in PHANTOM_LANDMARK_NAMES]
     if unknown:
         raise H3DEError(f"--absent names unknown landmarks ({', '.join(unknown)}); "
                         f"choose from {', '.join(PHANTOM_LANDMARK_NAMES)}.")
+    check_writable_folder(args.out, "--out")
     case = f"phantom-{args.seed}"
-    outputs = [args.out / f"{case}.mrk.json", args.out / f"{case}.csv"]
+    formats = ("mrk.json", "csv")
+    outputs = output_paths(args.out, case, formats)
     volume_path, truth_path = args.out / f"{case}.nrrd", args.out / f"{case}-truth.mrk.json"
     earlier = [path.name for path in (volume_path, truth_path, *outputs) if path.exists()]
     if earlier and not args.overwrite:
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     write_volume(volume, volume_path, overwrite=args.overwrite)
     write_mrk_json(truth_path, truth, overwrite=args.overwrite)
     detection = predictor.predict(volume)
-    write_outputs(detection, volume, Case(volume_path, case), outputs, predictor, args.overwrite, detection.timings)
+    outputs = write_case_outputs(args.out, case, formats, detection, volume, volume_path, predictor,
+                                 detection.timings, args.overwrite)
     predicted = detection.landmarks.reordered(truth.names)
     errors = radial_errors(predicted, truth)
     print(f"Phantom seed {args.seed}: {'x'.join(map(str, volume.shape_ijk))} voxels at "

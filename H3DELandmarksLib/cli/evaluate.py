@@ -39,6 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
+from ..atomic import check_writable_folder
 from ..data.datasets import CASES_FILE, GenericDataset, MMLDDataset, read_cases_file
 from ..data.landmark_files import read_json_metadata, read_landmarks, write_landmarks
 from ..data.volume_io import volume_format, volume_stem
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if comparing == running:
         raise H3DEError("Give either --predictions and --truth, or --model and --data.")
     check_report_folder(args.out, args.overwrite)
+    check_writable_folder(args.out, "--out")
     if comparing:
         pairs, seconds, voxel_mm, provenance = _compare_files(args)
     else:

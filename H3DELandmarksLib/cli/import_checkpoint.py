@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..atomic import check_writable_folder
 from ..errors import H3DEError
 
 MMLD_NAMES = ["L0", "La", "Lb", "Lc", "Ld", "Le", "Lf", "R0", "Ra", "Rb", "Rc", "Rd", "Re", "Rf"]
@@ -66,6 +67,7 @@ def int_triple(value: str) -> tuple[int, int, int]:
 def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint_import import import_checkpoint
 
+    check_writable_folder(args.out, "--out")
     package = import_checkpoint(
         args.checkpoint, parse_landmark_names(args.landmarks), args.out, spacing_mm=args.spacing,
         patch_size=args.patch_size, model_id=args.model_id, version=args.version, head_dim=args.head_dim,

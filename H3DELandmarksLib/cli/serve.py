@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..atomic import check_writable_folder
 from ..errors import H3DEError
 from ..registry import resolve_model
 from .demo import DEFAULT_MODEL
@@ -58,6 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted, then end the process at once (see `exit_now`)."""
     resolve_model(args.model, cache_dir=args.cache_dir)
+    if args.upload_dir is not None:
+        check_writable_folder(args.upload_dir, "--upload-dir")
     use_headless_opengl_without_display()
     try:
         from ..web.access import AccessGuard

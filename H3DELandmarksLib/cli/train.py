@@ -26,7 +26,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, check_writable_folder
 from ..data.datasets import GenericDataset
 from ..data.registration import RegistrationSettings
 from ..device import DEVICES
@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.drop_landmarks and not args.init_from:
         raise TrainingConfigError("--drop-landmarks only applies with --init-from MODEL.")
     output = args.output or _default_output(file)
+    check_writable_folder(output, "--output")
     few_shot = _few_shot_settings(args)
     if few_shot is not None and args.init_from:
         raise TrainingConfigError("--init-from fine-tunes on annotated cases only; annotate the scans without "

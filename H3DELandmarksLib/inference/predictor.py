@@ -46,6 +46,7 @@ from ..model.heatmap_grid import squared_distances
 from ..registry import resolve_model
 from ..registry.manifest import validate_manifest
 from .package_loading import load_stage_networks
+from .plausibility import check_volume_fits_model
 from .tiling import PeakSelection, group_landmarks, plan_windows
 from .uncertainty import ErrorModel
 
@@ -173,9 +174,12 @@ class Predictor:
         """Detect the model's landmarks in `volume`.
 
         `progress(step, fraction)` gets increasing overall fractions, the last one 1.0; `cancel`
-        is checked between windows and patches and raises `DetectionCancelled` once set.
+        is checked between windows and patches and raises `DetectionCancelled` once set. A constant
+        volume, or one whose extent is implausible for the model, is refused (`VolumeError`)
+        before anything is allocated.
         """
         started = time.perf_counter()
+        check_volume_fits_model(volume, self.stages[0], self.model_id)
         reporter = _Progress(progress, cancel)
         timings: dict[str, float] = defaultdict(float)
         reporter.report("start", 0.0)

@@ -5,6 +5,7 @@ Layout under the cache root::
     packages/<id>/<version>/     extracted, verified packages (the only place models are loaded from)
     archives/<id>@<version>.zip  the verified archives they came from (for `h3de models verify`)
     partial/<id>@<version>.zip.part  unfinished downloads, resumed or discarded, never loaded
+    locks/<id>@<version>.lock    lock files: one process at a time downloads, unpacks or removes a model
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from platformdirs import user_cache_dir
 
 from ..atomic import remove_directory
@@ -49,6 +51,13 @@ class ModelCache:
     def partial_path(self, model_id: str, version: str) -> Path:
         return self.root / "partial" / f"{model_id}@{version}.zip.part"
 
+    def lock(self, model_id: str, version: str) -> FileLock:
+        """A cross-process lock on one model's files in this cache (use it as a context manager;
+        it waits for another process holding it)."""
+        path = self.root / "locks" / f"{model_id}@{version}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(path)
+
     def has_package(self, model_id: str, version: str) -> bool:
         """True when the extracted package is in place (it only appears there once verified)."""
         return self.package_dir(model_id, version).is_dir()
@@ -56,12 +65,13 @@ class ModelCache:
     def remove(self, model_id: str, version: str) -> bool:
         """Delete the package, its archive and any partial download; True if anything was there."""
         removed = False
-        directory = self.package_dir(model_id, version)
-        if directory.exists():
-            remove_directory(directory)
-            removed = True
-        for path in (self.archive_path(model_id, version), self.partial_path(model_id, version)):
-            if path.exists():
-                path.unlink()
+        with self.lock(model_id, version):
+            directory = self.package_dir(model_id, version)
+            if directory.exists():
+                remove_directory(directory)
                 removed = True
+            for path in (self.archive_path(model_id, version), self.partial_path(model_id, version)):
+                if path.exists():
+                    path.unlink()
+                    removed = True
         return removed

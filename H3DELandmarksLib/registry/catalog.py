@@ -1,7 +1,8 @@
 """The model registry (Resources/Models/models.json): which models exist and how to get them.
 
 ``{"models": [{id, version, title, url, sha256, size, bundled}]}``; ``bundled`` is a package
-directory relative to the registry file's folder, or null when the model is only downloadable.
+directory relative to the registry file's folder (inside it: no absolute path, no ``..``), or null
+when the model is only downloadable.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import ModelPackageError
 from ..json_document import read_json_document
@@ -120,3 +121,12 @@ def _check_entries(entries: tuple[RegistryEntry, ...], path: Path) -> None:
             raise ModelPackageError(f"{where} ({entry.spec}) needs url, sha256 and size together.")
         if entry.url is None and entry.bundled is None:
             raise ModelPackageError(f"{where} ({entry.spec}) needs url, sha256 and size, or a bundled package.")
+        if entry.bundled is not None and _leaves_folder(entry.bundled):
+            raise ModelPackageError(f"{where} ({entry.spec}) has the bundled path {entry.bundled!r}, which leaves "
+                                    f"the registry folder {path.parent}.")
+
+
+def _leaves_folder(relative: str) -> bool:
+    """True for a path that is absolute or climbs with ``..`` (read as POSIX and as Windows path)."""
+    return any(parsed.is_absolute() or parsed.drive or ".." in parsed.parts
+               for parsed in (PurePosixPath(relative), PureWindowsPath(relative)))

@@ -3,7 +3,10 @@
 A download streams into ``partial/`` (resumed with a Range request when the server allows it),
 is checked against the registry's size and sha256, renamed into ``archives/``, and only then
 extracted into a temporary directory that is renamed to the package directory. Nothing
-unverified ever appears where `resolve_model` looks.
+unverified ever appears where `resolve_model` looks. Processes sharing a cache take turns on a
+model through a lock file (`ModelCache.lock`): one downloads and unpacks, the others wait and then
+find the package in place. Only http(s) addresses are fetched, and a redirect may not leave them
+(nor go from https to http).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from tqdm import tqdm
@@ -30,6 +34,7 @@ DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF_S = 1.0
 CHUNK_BYTES = 1 << 16
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+WEB_SCHEMES = ("http", "https")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -52,17 +57,20 @@ def download_model(spec: str, cache_dir: str | os.PathLike | None = None, regist
         return resolve_model(entry.spec, cache_dir=cache.root, registry=registry)
     if entry.url is None:
         raise ModelPackageError(f"The bundled model {entry.spec} is missing from {registry.bundled_path(entry)}.")
-    archive = cache.archive_path(entry.id, entry.version)
-    if archive.exists() and sha256_of(archive) != entry.sha256:
-        archive.unlink()
-    if not archive.exists():
-        download_file(entry.url, archive, entry.sha256, entry.size, cache.partial_path(entry.id, entry.version),
-                      description=entry.spec, **options)
-    try:
-        unpack_package(archive, cache.package_dir(entry.id, entry.version))
-    except ModelPackageError:
-        archive.unlink(missing_ok=True)
-        raise
+    with cache.lock(entry.id, entry.version):
+        if cache.has_package(entry.id, entry.version):
+            return cache.package_dir(entry.id, entry.version)
+        archive = cache.archive_path(entry.id, entry.version)
+        if archive.exists() and sha256_of(archive) != entry.sha256:
+            archive.unlink()
+        if not archive.exists():
+            download_file(entry.url, archive, entry.sha256, entry.size, cache.partial_path(entry.id, entry.version),
+                          description=entry.spec, **options)
+        try:
+            unpack_package(archive, cache.package_dir(entry.id, entry.version), expected_spec=entry.spec)
+        except ModelPackageError:
+            archive.unlink(missing_ok=True)
+            raise
     return cache.package_dir(entry.id, entry.version)
 
 
@@ -81,6 +89,7 @@ def download_file(url: str, destination: str | os.PathLike, sha256: str, size: i
     is called after every chunk; it may raise to cancel (the partial file is kept).
     """
     destination, partial = Path(destination), Path(partial)
+    _check_web_address(url)
     partial.parent.mkdir(parents=True, exist_ok=True)
     reason = ""
     own_or_given_session = requests.Session() if session is None else contextlib.nullcontext(session)
@@ -99,6 +108,11 @@ def download_file(url: str, destination: str | os.PathLike, sha256: str, size: i
                 reason = "the server did not answer in time"
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
                 reason = "the connection was lost"
+            except requests.TooManyRedirects:
+                raise DownloadError(f"Downloading {url} failed: the server redirected more than "
+                                    f"{http.max_redirects} times (a redirect loop?).") from None
+            except requests.RequestException as error:
+                raise DownloadError(f"Downloading {url} failed: {error}.") from None
             except OSError as error:
                 raise DownloadError(f"Could not write {partial}: {error.strerror or error}.") from None
         else:
@@ -119,6 +133,33 @@ def download_file(url: str, destination: str | os.PathLike, sha256: str, size: i
     return destination
 
 
+def _check_web_address(url: str) -> None:
+    """Raise DownloadError unless `url` is a well-formed http(s) address."""
+    try:
+        parts = urlsplit(url)
+        parts.port
+    except ValueError as error:
+        raise DownloadError(f"The download address {url!r} is malformed ({error}).") from None
+    if parts.scheme not in WEB_SCHEMES or not parts.hostname:
+        raise DownloadError(f"The download address {url!r} is not an http or https address with a host.")
+
+
+def _refuse_redirect_away(url: str) -> Callable:
+    """A requests response hook refusing a redirect to anything but http(s), or from https to http."""
+
+    def hook(response: requests.Response, *args, **kwargs) -> None:
+        if not response.is_redirect:
+            return
+        target = urljoin(response.url, response.headers["location"])
+        origin, scheme = urlsplit(response.url).scheme, urlsplit(target).scheme
+        if scheme not in WEB_SCHEMES or (origin == "https" and scheme == "http"):
+            response.close()
+            raise DownloadError(f"Downloading {url} failed: the server redirected it to {target}, "
+                                f"which is not an {'https' if origin == 'https' else 'http or https'} address.")
+
+    return hook
+
+
 def _fetch(session: requests.Session, url: str, partial: Path, size: int, timeout: tuple[float, float],
            bar: tqdm, progress: ProgressCallback | None) -> None:
     """One attempt: request the missing bytes and append (206) or rewrite (200) the partial file."""
@@ -131,7 +172,8 @@ def _fetch(session: requests.Session, url: str, partial: Path, size: int, timeou
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+    hooks = {"response": _refuse_redirect_away(url)}
+    with session.get(url, headers=headers, stream=True, timeout=timeout, hooks=hooks) as response:
         status = response.status_code
         if status >= 500 or status == 429:
             raise _RetryableFailure(f"HTTP {status} {response.reason}")

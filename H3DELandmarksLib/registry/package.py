@@ -28,6 +28,11 @@ WEIGHTS_FILE = "model.safetensors"
 PACKAGE_FILES = (MANIFEST_FILE, WEIGHTS_FILE)
 WEIGHT_DTYPES = {"F16", "BF16", "F32", "F64", "I64"}
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
+# An archive unpacks to at most this many times its own size (floating-point weights barely
+# compress), and never less than MIN_UNPACKED_LIMIT; a manifest is at most MANIFEST_LIMIT.
+UNPACKED_RATIO_LIMIT = 20
+MIN_UNPACKED_LIMIT = 256 << 20
+MANIFEST_LIMIT = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -147,8 +152,13 @@ def pack_package(directory: str | os.PathLike, zip_path: str | os.PathLike,
 
 
 def unpack_package(zip_path: str | os.PathLike, directory: str | os.PathLike,
-                   overwrite: bool = False) -> ModelPackage:
-    """Extract a package archive into `directory` atomically, validating it before it appears there."""
+                   overwrite: bool = False, expected_spec: str | None = None) -> ModelPackage:
+    """Extract a package archive into `directory` atomically, validating it before it appears there.
+
+    The unpacked size is bounded (see UNPACKED_RATIO_LIMIT), counted as it is written, so a
+    compression bomb is refused; with `expected_spec` ("ID@VERSION", from the registry) the
+    manifest must name that model.
+    """
     zip_path, directory = Path(zip_path), Path(directory)
     if directory.exists() and not overwrite:
         raise ModelPackageError(f"{directory} already exists; pass overwrite (--overwrite) to replace it.")
@@ -162,10 +172,13 @@ def unpack_package(zip_path: str | os.PathLike, directory: str | os.PathLike,
                     f"{zip_path} is not a model package archive: it holds {', '.join(names) or 'nothing'} "
                     f"instead of {' and '.join(PACKAGE_FILES)}."
                 )
-            validate_manifest(_read_json_member(archive, zip_path), source=f"{zip_path.name}/{MANIFEST_FILE}")
+            limit = max(MIN_UNPACKED_LIMIT, UNPACKED_RATIO_LIMIT * zip_path.stat().st_size)
+            limits = {MANIFEST_FILE: min(limit, MANIFEST_LIMIT), WEIGHTS_FILE: limit}
             for name in PACKAGE_FILES:
-                with archive.open(name) as source, open(building / name, "wb") as target:
-                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+                _extract_bounded(archive, name, building / name, limits[name], zip_path)
+            manifest = _read_json_file(building / MANIFEST_FILE, zip_path)
+            validate_manifest(manifest, source=f"{zip_path.name}/{MANIFEST_FILE}")
+            _check_spec(manifest, expected_spec, zip_path)
         check_package(building)
         _move_into_place(building, directory, overwrite)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
@@ -175,11 +188,34 @@ def unpack_package(zip_path: str | os.PathLike, directory: str | os.PathLike,
     return read_package(directory)
 
 
-def _read_json_member(archive: zipfile.ZipFile, zip_path: Path) -> object:
+def _extract_bounded(archive: zipfile.ZipFile, name: str, target: Path, limit: int, zip_path: Path) -> None:
+    """Copy member `name` to `target`, refusing more than `limit` bytes (declared or actual)."""
+    too_large = ModelPackageError(f"{zip_path} is refused: its {name} unpacks to more than {limit} bytes "
+                                  f"(the limit for an archive of {zip_path.stat().st_size} bytes).")
+    if archive.getinfo(name).file_size > limit:
+        raise too_large
+    written = 0
+    with archive.open(name) as source, open(target, "wb") as stream:
+        while chunk := source.read(CHUNK_BYTES):
+            written += len(chunk)
+            if written > limit:
+                raise too_large
+            stream.write(chunk)
+
+
+def _read_json_file(path: Path, zip_path: Path) -> object:
     try:
-        return json.loads(archive.read(MANIFEST_FILE).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelPackageError(f"{zip_path.name}/{MANIFEST_FILE} is not valid JSON ({error}).") from None
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "it nests too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ModelPackageError(f"{zip_path.name}/{MANIFEST_FILE} is not valid JSON ({reason}).") from None
+
+
+def _check_spec(manifest: dict, expected_spec: str | None, zip_path: Path) -> None:
+    """Refuse a manifest naming another model than the registry entry it was downloaded for."""
+    found = f"{manifest['id']}@{manifest['version']}"
+    if expected_spec is not None and found != expected_spec:
+        raise ModelPackageError(f"{zip_path} holds the model {found}, not {expected_spec} as the registry says.")
 
 
 def _check_state_dict(state_dict: dict) -> None:

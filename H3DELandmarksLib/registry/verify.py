@@ -34,9 +34,13 @@ def verify_model(spec: str, cache_dir: str | os.PathLike | None = None,
         directory = cache.package_dir(entry.id, entry.version)
         problems = _archive_problems(cache, entry.id, entry.version, entry.sha256, directory)
     try:
-        check_package(directory)
+        package = check_package(directory)
     except ModelPackageError as error:
         problems.append(str(error))
+    else:
+        found = f"{package.id}@{package.version}"
+        if found != entry.spec:
+            problems.append(f"{directory} holds the model {found}, not {entry.spec} as the registry says.")
     return problems
 
 
