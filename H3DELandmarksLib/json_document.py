@@ -27,3 +27,5 @@ def read_json_document(path: str | os.PathLike, error: type[H3DEError], what: st
     except json.JSONDecodeError as problem:
         raise error(f"{what} {path} is not valid JSON ({problem.msg} at line {problem.lineno}, "
                     f"column {problem.colno}).") from None
+    except RecursionError:
+        raise error(f"{what} {path} nests lists or objects too deeply to be read.") from None

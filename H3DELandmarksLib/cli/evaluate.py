@@ -248,11 +248,10 @@ def _timing(folder: Path, cases: list[str]) -> dict[str, float]:
     from the timings h3de detect keeps in ``<case>.json`` (read + detection + write); {} if none."""
     path = folder / TIMING_FILE
     if path.is_file():
-        with path.open(newline="", encoding="utf-8-sig") as stream:
-            rows = list(csv.DictReader(stream))
         try:
-            return {row["case"]: float(row["seconds"]) for row in rows}
-        except (KeyError, TypeError, ValueError):
+            with path.open(newline="", encoding="utf-8-sig") as stream:
+                return {row["case"]: float(row["seconds"]) for row in csv.DictReader(stream)}
+        except (KeyError, TypeError, ValueError, csv.Error):
             raise H3DEError(f"{path} is not a timing table with columns 'case' and 'seconds'.") from None
     seconds = {}
     for case in cases:

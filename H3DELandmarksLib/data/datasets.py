@@ -220,7 +220,10 @@ def read_cases_file(path: Path) -> dict[str, dict[str, str]]:
     """Rows of an optional cases.csv by case name ({} when there is no such file)."""
     if not path.is_file():
         return {}
-    rows = list(csv.DictReader(io.StringIO(read_text(path))))
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_text(path))))
+    except csv.Error as error:
+        raise VolumeError(f"{path} cannot be read as CSV ({error}).") from None
     if not rows or "case" not in rows[0]:
         raise VolumeError(f"{path} needs a 'case' column naming each case.")
     notes = {}

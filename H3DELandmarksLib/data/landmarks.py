@@ -8,6 +8,7 @@ best-guess position when one exists.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,7 +55,7 @@ class Landmarks:
         self.descriptions = [str(d) for d in self.descriptions]
         if len(self.descriptions) != n:
             raise LandmarkFileError(f"{len(self.descriptions)} descriptions were given for {n} landmarks.")
-        duplicates = sorted({name for name in self.names if self.names.count(name) > 1})
+        duplicates = sorted(name for name, count in Counter(self.names).items() if count > 1)
         if duplicates:
             raise LandmarkFileError(f"Landmark names must be unique; repeated: {', '.join(duplicates)}.")
         undefined = self.present & ~np.all(np.isfinite(self.positions), axis=1)
@@ -80,10 +81,11 @@ class Landmarks:
 
     def reordered(self, names: list[str]) -> "Landmarks":
         """Return the landmarks in the order of `names` (every name must exist here)."""
-        missing = [name for name in names if name not in self.names]
+        where = {name: index for index, name in enumerate(self.names)}
+        missing = [name for name in names if name not in where]
         if missing:
             raise LandmarkFileError(f"Landmarks {', '.join(map(repr, missing))} are missing.")
-        order = [self.names.index(name) for name in names]
+        order = [where[name] for name in names]
         return Landmarks(
             names=list(names),
             positions=self.positions[order],

@@ -232,6 +232,8 @@ def evaluate_cases(
     names = list(next(iter(pairs.values()))[1].names)
     rows = {key: [] for key in ("errors", "truth", "predicted", "located", "confidence", "expected")}
     for case, (predicted, truth) in pairs.items():
+        if len(truth) == 0:
+            raise LandmarkFileError(f"The truth of case {case!r} holds no landmarks, so there is nothing to evaluate.")
         if sorted(truth.names) != sorted(names):
             raise LandmarkFileError(f"The truth of case {case!r} does not hold the same landmarks as the others.")
         truth = truth.reordered(names)

@@ -108,5 +108,5 @@ def _holds_markups(path: str | os.PathLike) -> bool:
     """True when a .json file is a Slicer markups document (Slicer also reads and writes .json)."""
     try:
         return is_markups_document(json.loads(read_text(path)))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False

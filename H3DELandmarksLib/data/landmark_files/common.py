@@ -8,9 +8,12 @@ column for travel at the end of the landmark's description text as
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,10 @@ EXPECTED_ERROR_SUFFIX = re.compile(
 )
 
 
+# Far more points than any landmark set has: a file with more is refused before it is parsed further.
+MAX_POINTS = 10_000
+
+
 def invalid_file(path: str | os.PathLike, kind: str, reason: str) -> LandmarkFileError:
     """Error for a file that breaks its format: ``<path> is not a valid <kind> file: <reason>.``"""
     return LandmarkFileError(f"{path} is not a valid {kind} file: {reason}.")
@@ -47,6 +54,32 @@ def read_text(path: str | os.PathLike) -> str:
         raise LandmarkFileError(f"Landmark file {path} is not UTF-8 text.") from None
     except OSError as error:
         raise LandmarkFileError(f"Cannot read landmark file {path}: {error.strerror or error}.") from None
+
+
+def parse_json(path: str | os.PathLike, kind: str) -> object:
+    """The JSON document in a landmark file; malformed or absurdly nested JSON is an error naming it."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise invalid_file(path, kind, f"it is not JSON ({error.msg} at line {error.lineno})") from None
+    except RecursionError:
+        raise invalid_file(path, kind, "it nests lists or objects too deeply") from None
+
+
+def csv_rows(path: str | os.PathLike, kind: str, lines: Iterable[str]) -> Iterator[list[str]]:
+    """The rows of CSV `lines`; a line the csv module cannot read (a field over its 131,072
+    characters, a NUL) is an error naming the file."""
+    reader = csv.reader(lines)
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise invalid_file(path, kind, f"line {reader.line_num} cannot be read as CSV ({error})") from None
+
+
+def check_point_count(path: str | os.PathLike, kind: str, count: int) -> None:
+    """Refuse a file holding more than MAX_POINTS points."""
+    if count > MAX_POINTS:
+        raise invalid_file(path, kind, f"it holds more than {MAX_POINTS} points, far more than any landmark set")
 
 
 def build_landmarks(

@@ -19,7 +19,17 @@ import os
 from ...atomic import atomic_write_text
 from ..landmarks import Landmarks
 from ..volume import Volume
-from .common import STATUSES, build_landmarks, invalid_file, number_text, parse_number, read_text, status_text
+from .common import (
+    STATUSES,
+    build_landmarks,
+    check_point_count,
+    csv_rows,
+    invalid_file,
+    number_text,
+    parse_number,
+    read_text,
+    status_text,
+)
 
 KIND = "landmark CSV"
 
@@ -45,8 +55,9 @@ def write_csv(
     stream = io.StringIO()
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(header)
+    has_positions = landmarks.has_position
     for index, name in enumerate(landmarks.names):
-        has_position = landmarks.has_position[index]
+        has_position = has_positions[index]
         row = [name, landmarks.descriptions[index]]
         row += [number_text(v) if has_position else "" for v in landmarks.positions[index]]
         if volume is not None:
@@ -63,7 +74,7 @@ def write_csv(
 
 def read_csv(path: str | os.PathLike) -> Landmarks:
     """Read a landmark CSV table (this project's export or a plain ``label,x,y,z`` table)."""
-    reader = csv.reader(io.StringIO(read_text(path)))
+    reader = csv_rows(path, KIND, io.StringIO(read_text(path)))
     header = [name.strip().lower() for name in next(reader, [])]
     columns = {name: position for position, name in reversed(list(enumerate(header)))}
     if "label" not in columns and "name" in columns:
@@ -76,6 +87,7 @@ def read_csv(path: str | os.PathLike) -> Landmarks:
     for number, row in enumerate(reader, start=1):
         if not any(field.strip() for field in row):
             continue
+        check_point_count(path, KIND, len(names) + 1)
         if len(row) != len(header):
             reason = f"data row {number} has {len(row)} fields, its header {len(header)}"
             raise invalid_file(path, KIND, reason)

@@ -26,6 +26,8 @@ from ..landmarks import Landmarks
 from .common import (
     build_landmarks,
     annotated_description,
+    check_point_count,
+    csv_rows,
     invalid_file,
     number_text,
     parse_number,
@@ -57,7 +59,8 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
             rows.append(line)
 
     names, positions, present, confidence, expected_error, descriptions = [], [], [], [], [], []
-    for number, fields in enumerate(csv.reader(rows), start=1):
+    check_point_count(path, KIND, len(rows))
+    for number, fields in enumerate(csv_rows(path, KIND, rows), start=1):
         if len(fields) < 4:
             raise invalid_file(path, KIND, f"point row {number} has fewer than the 4 columns id,x,y,z")
         fields += [""] * (STATUS + 1 - len(fields))
@@ -80,8 +83,9 @@ def write_fcsv(path: str | os.PathLike, landmarks: Landmarks, overwrite: bool = 
     stream.write(f"{COORDINATE_SYSTEM_HEADER} 1\n")
     stream.write(f"# columns = {COLUMNS}\n")
     writer = csv.writer(stream, lineterminator="\n")
+    has_positions = landmarks.has_position
     for index, name in enumerate(landmarks.names):
-        if landmarks.has_position[index]:
+        if has_positions[index]:
             xyz = [number_text(value) for value in landmarks.positions[index]]
         else:
             xyz = ["", "", ""]

@@ -23,7 +23,16 @@ import os
 from ...atomic import atomic_write_text
 from ..landmarks import Landmarks
 from ..volume import Volume
-from .common import STATUSES, as_point, build_landmarks, invalid_file, read_text, rounded, status_text
+from .common import (
+    STATUSES,
+    as_point,
+    build_landmarks,
+    check_point_count,
+    invalid_file,
+    parse_json,
+    rounded,
+    status_text,
+)
 
 KIND = "landmark JSON"
 
@@ -38,8 +47,9 @@ def write_json(
     """Write `landmarks` as plain JSON (see module notes); `metadata` must be JSON-serialisable."""
     indices = volume.physical_to_index(landmarks.positions) if volume is not None else None
     items = []
+    has_positions = landmarks.has_position
     for index, name in enumerate(landmarks.names):
-        has_position = bool(landmarks.has_position[index])
+        has_position = bool(has_positions[index])
         item = {
             "label": name,
             "description": landmarks.descriptions[index],
@@ -84,12 +94,10 @@ def read_json_metadata(path: str | os.PathLike) -> dict:
 
 def _document(path: str | os.PathLike) -> dict:
     """The parsed file, its frame checked (LPS, mm, a 'landmarks' list)."""
-    try:
-        document = json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise invalid_file(path, KIND, f"it is not JSON ({error.msg} at line {error.lineno})") from None
+    document = parse_json(path, KIND)
     if not isinstance(document, dict) or not isinstance(document.get("landmarks"), list):
         raise invalid_file(path, KIND, "it has no 'landmarks' list")
+    check_point_count(path, KIND, len(document["landmarks"]))
     if document.get("coordinate_system", "LPS") != "LPS":
         raise invalid_file(path, KIND, f"its coordinate_system is {document['coordinate_system']!r}, not LPS")
     if document.get("units", "mm") != "mm":

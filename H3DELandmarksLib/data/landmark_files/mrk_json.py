@@ -32,8 +32,9 @@ from .common import (
     as_point,
     build_landmarks,
     annotated_description,
+    check_point_count,
     invalid_file,
-    read_text,
+    parse_json,
     rounded,
     split_annotated_description,
 )
@@ -60,10 +61,7 @@ def read_mrk_json(path: str | os.PathLike, markup_index: int | str | None = None
         markup_index: which markup when the file holds several: its position in the file (int),
             its name (str), or None for the first "Fiducial" (point list) markup.
     """
-    try:
-        document = json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise invalid_file(path, KIND, f"it is not JSON ({error.msg} at line {error.lineno})") from None
+    document = parse_json(path, KIND)
     if not is_markups_document(document):
         raise invalid_file(path, KIND, "it has no 'markups' list")
     markup = _chosen_markup(path, document["markups"], markup_index)
@@ -72,6 +70,7 @@ def read_mrk_json(path: str | os.PathLike, markup_index: int | str | None = None
     points = markup.get("controlPoints", [])
     if not isinstance(points, list):
         raise invalid_file(path, KIND, "its 'controlPoints' is not a list")
+    check_point_count(path, KIND, len(points))
 
     names, positions, present, confidence, expected_error, descriptions = [], [], [], [], [], []
     for number, point in enumerate(points, start=1):
@@ -95,12 +94,13 @@ def read_mrk_json(path: str | os.PathLike, markup_index: int | str | None = None
 def write_mrk_json(path: str | os.PathLike, landmarks: Landmarks, overwrite: bool = False) -> None:
     """Write `landmarks` as one Slicer "Fiducial" markup in LPS millimetres (see module notes)."""
     points = []
+    has_positions = landmarks.has_position
     for index, name in enumerate(landmarks.names):
         description = annotated_description(
             landmarks.descriptions[index], landmarks.confidence[index], landmarks.expected_error[index]
         )
         point = {"id": str(index + 1), "label": name, "description": description}
-        if landmarks.has_position[index]:
+        if has_positions[index]:
             point["position"] = [rounded(value) for value in landmarks.positions[index]]
         point["positionStatus"] = "defined" if landmarks.present[index] else "missing"
         points.append(point)
@@ -143,7 +143,7 @@ def _chosen_markup(path: str | os.PathLike, markups: list, markup_index: int | s
 def _unit_scale(path: str | os.PathLike, units: object) -> float:
     """Factor from the file's coordinate units to mm; units may be a code string or a coded entry."""
     code = units[0] if isinstance(units, list) and units else units
-    if code not in UNIT_SCALES:
+    if not isinstance(code, str) or code not in UNIT_SCALES:
         raise invalid_file(path, KIND, f"its coordinateUnits {units!r} are neither mm nor um")
     return UNIT_SCALES[code]
 
