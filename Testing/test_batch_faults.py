@@ -26,6 +26,7 @@ from H3DELandmarksLib.data.landmark_files import read_landmarks
 from H3DELandmarksLib.data.volume import Volume
 from H3DELandmarksLib.data.volume_io import write_volume
 from H3DELandmarksLib.errors import VolumeError
+from H3DELandmarksLib.inference import batch
 from H3DELandmarksLib.inference.batch import FAILED, OK, SKIPPED, detect_case
 from H3DELandmarksLib.inference.plausibility import check_volume_fits_model
 
@@ -249,3 +250,19 @@ def test_outputs_honour_the_umask(tmp_path, predictor):
     finally:
         os.umask(previous)
     assert {oct((tmp_path / "out" / f"case.{suffix}").stat().st_mode & 0o777) for suffix in FORMATS} == {"0o640"}
+
+
+def test_sigint_while_writing_propagates_and_leaves_nothing(tmp_path, predictor, monkeypatch):
+    source, out = write_case(tmp_path / "case.nrrd"), tmp_path / "out"
+    original, written = batch._write_format, []
+
+    def write_then_interrupt(path, *args):
+        original(path, *args)
+        written.append(path)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "_write_format", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        detect_case(predictor, source, "case", out, FORMATS)
+    assert listing(out) == []
