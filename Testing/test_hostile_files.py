@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from builders_models import valid_manifest
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.data.landmark_files import read_landmarks, write_landmarks
 from H3DELandmarksLib.data.landmark_files.common import MAX_POINTS
@@ -98,3 +99,40 @@ def test_evaluate_refuses_a_truth_without_points(tmp_path, capsys):
     assert capsys.readouterr().err == ("h3de: error: The truth of case 'case' holds no landmarks, so there is "
                                        "nothing to evaluate.\n")
     assert not (tmp_path / "report").exists()
+
+
+def architecture(**changes) -> dict:
+    manifest = valid_manifest()
+    manifest["architecture"].update(changes)
+    return manifest
+
+
+def stage(**changes) -> dict:
+    manifest = valid_manifest()
+    manifest["preprocessing"]["stages"][0].update(changes)
+    return manifest
+
+
+@pytest.mark.parametrize("manifest, problem", [
+    (architecture(head_dim=0), "architecture.head_dim must be at least 1, not 0"),
+    (architecture(embed_dims=[-64, 128, 256, 512]), "architecture.embed_dims[0] must be at least 1, not -64"),
+    (architecture(qk_dims=[64, 128, 256]), "architecture.qk_dims must have 4 items"),
+    (architecture(depths=[2.0, 2, 4, 2]), "architecture.depths[0] must be an integer"),
+    (architecture(mlp_ratio="4"), "architecture.mlp_ratio must be a number"),
+    (architecture(head_dim=128), "architecture is invalid: invalid H3DE-Net configuration: stage width 64 / qk dim "
+                                 "64 do not split into heads of 128"),
+    (architecture(embed_dims=[4096] * 4, qk_dims=[4096] * 4, depths=[32] * 4),
+     "architecture asks for about 27,157 million weights (109 GB in float32); at most 1,000 million are accepted"),
+    (stage(patch_size=[64, 64, 4096]), "preprocessing.stages[0].patch_size[2] must be at most 1024, not 4096"),
+    (stage(patch_size=[1024, 1024, 64]), "preprocessing.stages[0].patch_size asks for 67,108,864 voxels per "
+                                         "network input; at most 16,777,216 (256 × 256 × 256) are accepted"),
+    (stage(spacing_mm=[float("nan"), 1.0, 1.0]), "preprocessing.stages[0].spacing_mm[0] must be a number"),
+    (stage(spacing_mm=[1.0, float("inf"), 1.0]), "preprocessing.stages[0].spacing_mm[1] must be a number"),
+    (stage(spacing_mm=[1.0, 1.0, 1e-7]), "preprocessing.stages[0].spacing_mm[2] must be at least 0.001, not 1e-07"),
+])
+def test_architecture_and_stage_values_are_checked_before_anything_is_allocated(tmp_path, manifest, problem):
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ModelPackageError) as raised:
+        read_manifest(path)
+    assert str(raised.value).startswith(f"{path}: {problem}")

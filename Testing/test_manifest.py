@@ -55,10 +55,12 @@ BROKEN_MANIFESTS = [
     (broken("landmarks", [{"name": "A"}]),
      "manifest.json: landmarks has 1 entry but architecture.n_landmarks is 2."),
     (broken("landmarks.1.name", "A"), 'manifest.json: landmarks[1].name "A" repeats landmarks[0].name.'),
-    (broken("architecture.bogus", 1),
-     "manifest.json: architecture is invalid: unknown H3DE-Net configuration keys: bogus."),
-    (broken("architecture.output_stride", 3),
-     "manifest.json: architecture is invalid: invalid H3DE-Net configuration: output_stride must be 1 or 2."),
+    (broken("architecture.bogus", 1), "manifest.json: architecture.bogus is not a known field."),
+    (broken("architecture.output_stride", 3), "manifest.json: architecture.output_stride must be one of 1, 2, not 3."),
+    (broken("architecture.output_stride", 1),
+     "manifest.json: architecture is invalid: invalid H3DE-Net configuration: decoder_dims needs 5 entries for "
+     "output_stride 1 and 4 for output_stride 2; skip_dims needs 2 entries for output_stride 1 and 1 for "
+     "output_stride 2."),
     (broken("preprocessing.intensity.clip_max", -2000),
      "manifest.json: preprocessing.intensity.clip_max must be greater than clip_min."),
     (broken("preprocessing.stages", [valid_manifest()["preprocessing"]["stages"][1],

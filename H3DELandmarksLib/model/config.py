@@ -86,7 +86,8 @@ class H3DEConfig:
         if len(self.anchor_radii) != self.n_anchors:
             problems.append("anchor_radii needs one radius per anchor")
         for dim, qk_dim in zip(self.embed_dims, self.qk_dims):
-            if qk_dim % self.head_dim or dim % (qk_dim // self.head_dim):
+            heads = qk_dim // self.head_dim if self.head_dim >= 1 else 0
+            if not heads or qk_dim % self.head_dim or dim % heads:
                 problems.append(f"stage width {dim} / qk dim {qk_dim} do not split into heads of {self.head_dim}")
         if self.n_landmarks < 1:
             problems.append("n_landmarks must be at least 1")
@@ -97,6 +98,21 @@ class H3DEConfig:
     def num_heads(self) -> tuple[int, ...]:
         """Attention heads per stage."""
         return tuple(qk // self.head_dim for qk in self.qk_dims)
+
+    @property
+    def approximate_parameters(self) -> int:
+        """About how many weights the network has (the attention blocks' projections and MLPs and
+        the stage and decoder convolutions; within a factor 2 of the exact count), computed
+        without building it."""
+        total, previous = 0.0, 1
+        for dim, qk_dim, depth in zip(self.embed_dims, self.qk_dims, self.depths):
+            block = dim * (2 * qk_dim + dim) + dim * dim + 2 * self.mlp_ratio * dim * dim + 27 * dim
+            total += 27 * previous * dim + depth * block
+            previous = dim
+        for dim in self.decoder_dims:
+            total += 27 * previous * dim
+            previous = dim
+        return int(total)
 
     def replace(self, **changes) -> "H3DEConfig":
         """Copy with some fields changed."""

@@ -4,6 +4,7 @@ validation, and the checks a schema cannot express."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ from .schema import first_problem, sentence
 MANIFEST_SCHEMA = "manifest.schema.json"
 SCHEMA_VERSION = 1
 MEAN_SHAPE_DECIMALS = 4
+# Bounds on what a manifest may ask to allocate: weights (the published network has 24.5 million)
+# and voxels per network input (the largest benchmarked input is 256 x 256 x 128).
+MAX_PARAMETERS = 1_000_000_000
+MAX_PATCH_VOXELS = 256 ** 3
 
 
 @dataclass(frozen=True)
@@ -125,12 +130,16 @@ def _semantic_problem(manifest: dict, source: str) -> str | None:
 
 def _architecture_problem(manifest: dict) -> tuple[str, str] | None:
     try:
-        H3DEConfig.from_dict(manifest["architecture"])
+        config = H3DEConfig.from_dict(manifest["architecture"])
     except ModelPackageError as error:
         message = str(error).rstrip(".")
         return "architecture", f"is invalid: {message[:1].lower()}{message[1:]}"
     except (TypeError, ValueError) as error:
         return "architecture", f"has a value of the wrong type ({error})"
+    weights = config.approximate_parameters
+    if weights > MAX_PARAMETERS:
+        return "architecture", (f"asks for about {weights / 1e6:,.0f} million weights ({4 * weights / 1e9:,.0f} GB "
+                                f"in float32); at most {MAX_PARAMETERS / 1e6:,.0f} million are accepted")
     return None
 
 
@@ -165,6 +174,10 @@ def _stages_problem(manifest: dict) -> tuple[str, str] | None:
         return "preprocessing.stages", "must list the coarse stage first and the fine stage second"
     for index, stage in enumerate(stages):
         where = f"preprocessing.stages[{index}]"
+        voxels = math.prod(stage["patch_size"])
+        if voxels > MAX_PATCH_VOXELS:
+            return f"{where}.patch_size", (f"asks for {voxels:,} voxels per network input; at most "
+                                           f"{MAX_PATCH_VOXELS:,} (256 × 256 × 256) are accepted")
         if stage.get("orientation") == "shape-aligned" and stage["name"] != "fine":
             return f"{where}.orientation", "may be shape-aligned only for the fine stage"
         for key in ("passes", "tta_rotations", "tta_degrees"):

@@ -1,13 +1,19 @@
-"""JSON schema validation that reports the first problem as one sentence naming the field path."""
+"""JSON schema validation that reports the first problem as one sentence naming the field path.
+
+Types are stricter than JSON Schema's: an "integer" is written without a fraction (2, not 2.0,
+which would reach ``range()`` as a float) and a "number" is finite (Python's JSON reader accepts
+NaN and Infinity).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -23,12 +29,27 @@ TYPE_PHRASES = {
 }
 
 
+def _is_integer(checker, instance: object) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _is_finite_number(checker, instance: object) -> bool:
+    return isinstance(instance, (int, float)) and not isinstance(instance, bool) and math.isfinite(instance)
+
+
+StrictValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_finite_number}),
+)
+
+
 @lru_cache(maxsize=None)
 def validator(schema_name: str) -> Draft202012Validator:
-    """Validator for the schema file `schema_name` beside this module."""
+    """Validator (strict types, see above) for the schema file `schema_name` beside this module."""
     schema = json.loads((SCHEMA_DIR / schema_name).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return StrictValidator(schema)
 
 
 def first_problem(instance: object, schema_name: str, source: str) -> str | None:
