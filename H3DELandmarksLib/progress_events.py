@@ -9,6 +9,9 @@ The command writes (`EventWriter`) and a parent process reads (`read_event`):
   sentence worth a look, such as why every landmark is absent, or null);
 - ``done``: cases, succeeded, failed, seconds, load_seconds.
 
+On a Dask cluster (``--workers``, ``--cluster``) ``start`` also gives the number of workers
+and ``progress`` the worker's address.
+
 Every object has its kind under ``event``. Errors go to stderr as lines starting with
 `ERROR_PREFIX` followed by one sentence, notes as lines starting with `NOTE_PREFIX`.
 """

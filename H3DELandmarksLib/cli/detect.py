@@ -9,7 +9,8 @@ output folder is checked before any work. A failing case, whatever went wrong, i
 sentence and the others still run; a summary table ends the run and the exit status is 0 only if
 every case succeeded.
 ``--progress json`` prints one JSON object per line on stdout and nothing else there: the events
-of `progress_events`.
+of `progress_events`. With --workers N or --cluster ADDRESS the cases run on a Dask cluster
+(`detect_cluster`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -26,6 +28,7 @@ from ..data.cases import Case, expand_inputs
 from ..inference import Predictor
 from ..inference.batch import FAILED, FORMATS, OK, SKIPPED, CaseResult, detect_case
 from ..progress_events import CASE_DONE, DONE, ERROR_PREFIX, NOTE_PREFIX, PROGRESS, START, EventWriter
+from .detect_cluster import add_cluster_options, detect_cases_on_cluster, uses_cluster
 from .model_options import add_model_options, predictor_from_args
 from .parent_guard import add_option as add_parent_guard_option
 from .parent_guard import stop_when_stdin_closes
@@ -52,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
                         help="process only every N-th case, starting with the I-th (1-based), after sorting")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                         help="progress display: a bar on stderr, JSON lines on stdout, or none")
+    add_cluster_options(parser)
     add_parent_guard_option(parser)
     parser.set_defaults(func=run)
 
@@ -66,25 +70,14 @@ def run(args: argparse.Namespace) -> int:
         index, count = args.shard
         cases = cases[index - 1::count]
     events = EventWriter() if args.progress == "json" else None
-    loading = time.perf_counter()
-    predictor = predictor_from_args(args)
-    load_seconds = time.perf_counter() - loading
-    if events:
-        events.emit(START, cases=len(cases), model_id=predictor.model_id,
-                    model_version=predictor.model_version, device=str(predictor.device),
-                    load_seconds=load_seconds)
-    results = []
-    for number, case in enumerate(cases, start=1):
-        result = run_case(predictor, case, args, events, number, len(cases))
-        results.append(result)
-        if result.error:
-            print(f"{ERROR_PREFIX}{case.name}: {result.error}", file=sys.stderr)
-        elif result.note:
-            print(f"{NOTE_PREFIX}{case.name}: {result.note}", file=sys.stderr)
-        if events:
-            events.emit(CASE_DONE, case=case.name, input=str(case.path), status=result.status,
-                        present=result.present, absent=result.absent, seconds=result.seconds,
-                        outputs=result.outputs, timings=result.timings, error=result.error, note=result.note)
+
+    def report(case: Case, result: CaseResult) -> None:
+        report_case(case, result, events)
+
+    if uses_cluster(args):
+        load_seconds, results = detect_cases_on_cluster(args, cases, events, report)
+    else:
+        load_seconds, results = detect_cases_here(args, cases, events, report)
     failed = sum(not result.ok for result in results)
     if events:
         events.emit(DONE, cases=len(results), succeeded=len(results) - failed, failed=failed,
@@ -96,6 +89,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"Wrote the {kinds} files of {written} case{'s' if written > 1 else ''} into {args.out.resolve()}.",
               file=sys.stderr if events else sys.stdout)
     return 2 if failed else 0
+
+
+def detect_cases_here(args: argparse.Namespace, cases: list[Case], events: EventWriter | None,
+                      report: Callable[[Case, CaseResult], None]) -> tuple[float, list[CaseResult]]:
+    """Model loading time and the results of `cases`, one after the other in this process."""
+    loading = time.perf_counter()
+    predictor = predictor_from_args(args)
+    load_seconds = time.perf_counter() - loading
+    if events:
+        events.emit(START, cases=len(cases), model_id=predictor.model_id,
+                    model_version=predictor.model_version, device=str(predictor.device),
+                    load_seconds=load_seconds)
+    results = []
+    for number, case in enumerate(cases, start=1):
+        results.append(run_case(predictor, case, args, events, number, len(cases)))
+        report(case, results[-1])
+    return load_seconds, results
+
+
+def report_case(case: Case, result: CaseResult, events: EventWriter | None) -> None:
+    """A case's error or note on stderr, and its ``case_done`` event."""
+    if result.error:
+        print(f"{ERROR_PREFIX}{case.name}: {result.error}", file=sys.stderr)
+    elif result.note:
+        print(f"{NOTE_PREFIX}{case.name}: {result.note}", file=sys.stderr)
+    if events:
+        events.emit(CASE_DONE, case=case.name, input=str(case.path), status=result.status,
+                    present=result.present, absent=result.absent, seconds=result.seconds,
+                    outputs=result.outputs, timings=result.timings, error=result.error, note=result.note)
 
 
 def run_case(predictor: Predictor, case: Case, args: argparse.Namespace, events: EventWriter | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from ..device import DEVICES
@@ -42,7 +43,19 @@ def add_model_options(parser, default_model: str | None = None, required: bool =
 
 def predictor_from_args(args: argparse.Namespace, model: str | None = None):
     """The `Predictor` the options of `add_model_options` describe (`model` in place of ``--model``)."""
+    return predictor_factory(args, model=model)()
+
+
+def predictor_factory(args: argparse.Namespace, model: str | None = None, threads: int | None = None,
+                      absolute: bool = False):
+    """A picklable function that builds that `Predictor` (in another process too); `model` and
+    `threads` replace --model and --threads when given, and `absolute` turns a package folder and
+    --cache-dir into absolute paths (for processes started elsewhere)."""
     from ..inference import Predictor
 
-    return Predictor.from_model(model or args.model, device=args.device, threads=args.threads,
-                                cache_dir=args.cache_dir, confidence_threshold=args.threshold)
+    model, cache_dir = model or args.model, args.cache_dir
+    if absolute:
+        model = str(Path(model).resolve()) if Path(model).exists() else model
+        cache_dir = cache_dir.resolve() if cache_dir else None
+    return functools.partial(Predictor.from_model, model, device=args.device, threads=threads or args.threads,
+                             cache_dir=cache_dir, confidence_threshold=args.threshold)
