@@ -152,7 +152,7 @@ def test_loss_decreases_over_a_few_steps_on_a_fixed_batch(loss):
 
 
 def test_configuration_errors_name_the_problem():
-    with pytest.raises(TrainingConfigError, match="unknown key stages\\[0\\].epoch"):
+    with pytest.raises(TrainingConfigError, match="stages\\[0\\].epoch is not a known field"):
         parse_training_config({**TINY, "stages": [{**TINY["stages"][0], "epoch": 3}]})
     with pytest.raises(TrainingConfigError, match="proposal head"):
         parse_training_config({**TINY, "stages": [{**TINY["stages"][0], "loss": "proposals"}]})
@@ -163,6 +163,19 @@ def test_configuration_errors_name_the_problem():
     with pytest.raises(TrainingConfigError, match="model.license"):
         unlicensed = {key: value for key, value in TINY["model"].items() if key != "license"}
         parse_training_config({**TINY, "model": unlicensed})
+
+
+@pytest.mark.parametrize("change, sentence", [
+    ({"data": {**TINY["data"], "validation": {"fractoin": 0.2}}}, "data.validation.fractoin is not a known field."),
+    ({"stages": [{**TINY["stages"][0], "epochs": "3"}]}, "stages[0].epochs must be an integer."),
+    ({"stages": [{**TINY["stages"][0], "tta_rotations": 20}]}, "stages[0].tta_rotations must be at most 12, not 20."),
+    ({"stages": [{**TINY["stages"][0], "spacing_mm": [4.5, 4.5]}]}, "stages[0].spacing_mm must have 3 items."),
+    ({"landmarks": ["nasion", {"nam": "sella"}]}, "landmarks[1] must be a name or a {name, description} object"),
+])
+def test_schema_errors_are_one_sentence_naming_the_key_path(change, sentence):
+    with pytest.raises(TrainingConfigError) as error:
+        parse_training_config({**TINY, **change}, "tiny.json")
+    assert str(error.value).startswith(f"tiny.json: {sentence}")
 
 
 def test_shipped_configurations_parse_and_the_mouse_split_uses_exact_cases(shared_dir, tmp_path):

@@ -45,14 +45,15 @@ StrictValidator = validators.extend(
 
 
 @lru_cache(maxsize=None)
-def validator(schema_name: str) -> Draft202012Validator:
-    """Validator (strict types, see above) for the schema file `schema_name` beside this module."""
+def validator(schema_name: str | Path) -> Draft202012Validator:
+    """Validator (strict types, see above) for the schema file `schema_name` beside this module
+    (or at that absolute path)."""
     schema = json.loads((SCHEMA_DIR / schema_name).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return StrictValidator(schema)
 
 
-def first_problem(instance: object, schema_name: str, source: str) -> str | None:
+def first_problem(instance: object, schema_name: str | Path, source: str) -> str | None:
     """The most relevant schema violation of `instance` as one sentence, or None when it is valid.
 
     Example: ``"manifest.json: preprocessing.stages[0].spacing_mm must have 3 items."``
@@ -106,7 +107,7 @@ def _field_and_phrase(error: ValidationError) -> tuple[str, str]:
         return field_path(path), f"must be {bound} {value}, not {_short(error.instance)}"
     if kind == "minLength" and value == 1:
         return field_path(path), "must not be empty"
-    if kind == "pattern" and "description" in schema:
+    if kind in ("pattern", "anyOf", "oneOf") and "description" in schema:
         return field_path(path), f"must be {schema['description']}, not {_short(error.instance)}"
     return field_path(path), f"is invalid: {error.message}"
 

@@ -1,6 +1,7 @@
 """The training configuration: one JSON file describes a whole (one- or two-stage) model.
 
-Sections (unknown keys are errors naming the key):
+Sections (config.schema.json beside this module states every key, its type and range; unknown
+keys are errors naming the key):
 
 - ``model``: id, version, title, description, modality, license, citation, confidence_threshold.
 - ``landmarks``: ``"from data"`` (names and descriptions of the first training case) or a list
@@ -26,7 +27,8 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -36,14 +38,15 @@ from ..errors import H3DEError, ModelPackageError
 from ..json_document import read_json_document
 from ..model.config import H3DEConfig, default_config, reference_config
 from ..registry.manifest import Manifest, validate_manifest
+from ..registry.schema import first_problem
 from .targets import HeatmapTarget
 
 LOSSES = {"adaptive_wing": "gaussian", "weighted_mse": "gaussian", "hnm": "reference", "proposals": None}
-LAYOUTS = ("generic", "mmld", "phantom")
 BASES = {"default": default_config, "reference": reference_config}
 FROM_DATA = "from data"
 NETWORK_DEPTH_STRIDE = 32
 INFERENCE_ONLY_STAGE_KEYS = ("passes", "shape_prior_mm", "tta_rotations", "tta_degrees")
+CONFIG_SCHEMA = Path(__file__).resolve().parent / "config.schema.json"
 
 
 class TrainingConfigError(H3DEError):
@@ -185,95 +188,43 @@ def load_training_config(path: str | os.PathLike) -> TrainingConfig:
 
 
 def parse_training_config(raw: dict, source: str = "training configuration") -> TrainingConfig:
-    """Check a training configuration object; errors name `source` and the offending key."""
-    if not isinstance(raw, dict):
-        raise TrainingConfigError(f"{source} must hold a JSON object.")
-    _only(raw, {"model", "landmarks", "architecture", "preprocessing", "augmentation", "stages", "data", "seed"},
-          source, "")
-    for section in ("model", "architecture", "preprocessing", "stages", "data"):
-        if section not in raw:
-            raise TrainingConfigError(f"{source} lacks the {section!r} section.")
-    stages = tuple(_stage(stage, source, index) for index, stage in enumerate(raw["stages"]))
+    """Check a training configuration object against the schema, then the rules across its
+    sections; errors are one sentence naming `source` and the offending key."""
+    problem = first_problem(raw, CONFIG_SCHEMA, source)
+    if problem:
+        raise TrainingConfigError(problem)
+    landmarks = raw.get("landmarks", FROM_DATA)
     config = TrainingConfig(
         raw=copy.deepcopy(raw),
-        model=_model(raw["model"], source),
-        landmarks=_landmarks(raw.get("landmarks", FROM_DATA), source),
+        model={"description": "", "citation": None, "confidence_threshold": 0.5, **raw["model"]},
+        landmarks=None if landmarks == FROM_DATA else [
+            {"name": item} if isinstance(item, str) else dict(item) for item in landmarks],
         architecture=dict(raw["architecture"]),
         preprocessing=dict(raw["preprocessing"]),
         augmentation=dict(raw.get("augmentation", {})),
-        stages=stages,
-        data=_data(raw["data"], source),
+        stages=tuple(_stage(stage, source, index) for index, stage in enumerate(raw["stages"])),
+        data=raw["data"],
         seed=int(raw.get("seed", 0)),
     )
     _check_consistency(config, source)
     return config
 
 
-def _model(model: dict, source: str) -> dict:
-    _only(model, {"id", "version", "title", "description", "modality", "license", "citation",
-                  "confidence_threshold"}, source, "model.")
-    for key in ("id", "version", "title", "modality", "license"):
-        if key not in model:
-            raise TrainingConfigError(f"{source}: model.{key} is missing.")
-    return {"description": "", "citation": None, "confidence_threshold": 0.5, **model}
-
-
-def _landmarks(landmarks, source: str) -> list[dict] | None:
-    if landmarks == FROM_DATA:
-        return None
-    if not isinstance(landmarks, list) or not landmarks:
-        raise TrainingConfigError(f'{source}: landmarks must be "{FROM_DATA}" or a non-empty list.')
-    entries = [{"name": item} if isinstance(item, str) else item for item in landmarks]
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise TrainingConfigError(f"{source}: landmarks[{index}] needs a name.")
-        _only(entry, {"name", "description"}, source, f"landmarks[{index}].")
-    return entries
-
-
 def _stage(stage: dict, source: str, index: int) -> StageConfig:
-    where = f"stages[{index}]."
-    if not isinstance(stage, dict):
-        raise TrainingConfigError(f"{source}: {where[:-1]} must be an object.")
-    _only(stage, {f.name for f in fields(StageConfig)}, source, where)
-    for key in ("name", "spacing_mm", "patch_size"):
-        if key not in stage:
-            raise TrainingConfigError(f"{source}: {where}{key} is missing.")
+    """The schema-checked stage `stage` with its grid as triples; its patch must suit the network."""
     values = dict(stage)
     for key, kind in (("spacing_mm", float), ("patch_size", int)):
         triple = values[key] if isinstance(values[key], list) else [values[key]] * 3
-        if len(triple) != 3 or min(triple) <= 0:
-            raise TrainingConfigError(f"{source}: {where}{key} must be three positive numbers.")
         values[key] = tuple(kind(value) for value in triple)
-    if values.get("loss", "adaptive_wing") not in LOSSES:
-        raise TrainingConfigError(f"{source}: {where}loss must be one of {', '.join(LOSSES)}.")
-    try:
-        config = StageConfig(**values)
-        config.heatmap_target
-    except (TypeError, ValueError) as error:
-        raise TrainingConfigError(f"{source}: {where[:-1]} is invalid ({error}).") from None
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0 or config.patience < 1:
-        raise TrainingConfigError(f"{source}: {where[:-1]} needs epochs, batch_size and patience >= 1 and lr > 0.")
+    config = StageConfig(**values)
     deepest = [_downsampled(size, 5) for size in config.patch_size]
     if deepest[0] * deepest[1] * deepest[2] < 2:
         raise TrainingConfigError(
-            f"{source}: {where}patch_size {list(config.patch_size)} is too small to train on; the deepest "
+            f"{source}: stages[{index}].patch_size {list(config.patch_size)} is too small to train on; the deepest "
             f"features (1/{NETWORK_DEPTH_STRIDE}) need at least two voxels, so one axis must exceed "
             f"{NETWORK_DEPTH_STRIDE}."
         )
     return config
-
-
-def _data(data: dict, source: str) -> dict:
-    _only(data, {"layout", "root", "validation", "absent", "phantom"}, source, "data.")
-    if data.get("layout") not in LAYOUTS:
-        raise TrainingConfigError(f"{source}: data.layout must be one of {', '.join(LAYOUTS)}.")
-    _only(data.get("validation", {}), {"fraction", "cases", "only_where", "training_cases"}, source,
-          "data.validation.")
-    if data["layout"] == "phantom":
-        _only(data.get("phantom", {}), {"train_seeds", "validation_seeds", "size", "spacing_mm",
-                                        "absent_probability", "noise_hu"}, source, "data.phantom.")
-    return data
 
 
 def _check_consistency(config: TrainingConfig, source: str) -> None:
@@ -313,16 +264,6 @@ def _check_consistency(config: TrainingConfig, source: str) -> None:
         validate_manifest(probe, source=f"{source} (as a manifest)")
     except ModelPackageError as error:
         raise TrainingConfigError(str(error)) from None
-
-
-def _only(section, allowed: set[str], source: str, where: str) -> None:
-    if not isinstance(section, dict):
-        raise TrainingConfigError(f"{source}: {where[:-1] or 'the configuration'} must be an object.")
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise TrainingConfigError(
-            f"{source}: unknown key {where}{unknown[0]}; allowed: {', '.join(sorted(allowed))}."
-        )
 
 
 def _downsampled(size: int, times: int) -> int:
