@@ -10,13 +10,13 @@ import pytest
 from H3DELandmarksLib.data.landmark_files import read_landmarks, write_landmarks
 from H3DELandmarksLib.data.phantom import make_phantom
 from H3DELandmarksLib.data.volume_io import write_volume
+from builders_training import TINY_ARCHITECTURE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = {
     "model": {"id": "tiny-cv", "version": "0.0.1", "title": "Tiny", "modality": "CT", "license": "Apache-2.0"},
     "landmarks": "from data",
-    "architecture": {"base": "default", "embed_dims": [8, 16, 32, 64], "qk_dims": [8, 16, 32, 64],
-                     "depths": [1, 1, 1, 1], "decoder_dims": [16, 16, 8, 8], "skip_dims": [8]},
+    "architecture": TINY_ARCHITECTURE,
     "preprocessing": {"orientation": "canonical",
                       "intensity": {"clip_min": -1000, "clip_max": 2000, "scale_min": 0, "scale_max": 1}},
     "stages": [

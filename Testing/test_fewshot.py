@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from H3DELandmarksLib.cli.main import main
@@ -20,16 +19,8 @@ from H3DELandmarksLib.registry import read_package
 from H3DELandmarksLib.cli import train as train_cli
 from H3DELandmarksLib.training import pseudo_labels
 from H3DELandmarksLib.training.pseudo_labels import REGISTRATION_DIR
+from builders_training import QUICK
 
-TINY_ARCHITECTURE = {"base": "default", "embed_dims": [8, 16, 32, 64], "qk_dims": [8, 16, 32, 64],
-                     "depths": [1, 1, 1, 1], "decoder_dims": [16, 16, 8, 8], "skip_dims": [8]}
-QUICK = {
-    "architecture": TINY_ARCHITECTURE,
-    "stages": [
-        {"name": "coarse", "patch_size": [32, 32, 40], "epochs": 1, "samples_per_epoch": 2, "batch_size": 1},
-        {"name": "fine", "patch_size": [32, 32, 40], "epochs": 1, "samples_per_epoch": 2, "batch_size": 1},
-    ],
-}
 QUICK_REGISTRATION = RegistrationSettings(random_rotations=10, optimised_starts=2, bspline_iterations=10)
 
 

@@ -33,10 +33,9 @@ from H3DELandmarksLib.training.losses import (
 )
 from H3DELandmarksLib.training.loop import train
 from H3DELandmarksLib.training.targets import HeatmapTarget, heatmap_targets, proposal_targets
+from builders_training import TINY_ARCHITECTURE
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_ARCHITECTURE = {"base": "default", "embed_dims": [8, 16, 32, 64], "qk_dims": [8, 16, 32, 64],
-                     "depths": [1, 1, 1, 1], "decoder_dims": [16, 16, 8, 8], "skip_dims": [8]}
 TINY = {
     "model": {"id": "tiny", "version": "0.0.1", "title": "Tiny test model", "modality": "CT", "license": "Apache-2.0"},
     "landmarks": "from data",

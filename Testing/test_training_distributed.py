@@ -17,13 +17,13 @@ from H3DELandmarksLib.registry import read_package
 from H3DELandmarksLib.training.config import parse_training_config
 from H3DELandmarksLib.training.distributed import distributed_context
 from H3DELandmarksLib.training.loop import train
+from builders_training import TINY_ARCHITECTURE
 
 RECIPE = {
     "model": {"id": "tiny-ddp", "version": "0.0.1", "title": "Tiny data-parallel test model", "modality": "CT",
               "license": "Apache-2.0"},
     "landmarks": "from data",
-    "architecture": {"base": "default", "embed_dims": [8, 16, 32, 64], "qk_dims": [8, 16, 32, 64],
-                     "depths": [1, 1, 1, 1], "decoder_dims": [16, 16, 8, 8], "skip_dims": [8]},
+    "architecture": TINY_ARCHITECTURE,
     "preprocessing": {"orientation": "canonical",
                       "intensity": {"clip_min": -1000, "clip_max": 2000, "scale_min": 0, "scale_max": 1}},
     "augmentation": {"rotation_deg": 10, "elastic_mm": 1.0},
@@ -65,7 +65,7 @@ def log(folder):
 @pytest.mark.slow
 def test_two_processes_resume_a_single_process_run_and_match_its_loss_curve(tmp_path):
     config = parse_training_config(RECIPE)
-    alone = train(config, tmp_path / "alone", threads=1, progress=False)
+    assert train(config, tmp_path / "alone", threads=1, progress=False).finished
     stopped = train(config, tmp_path / "shared", threads=1, max_minutes=0, progress=False)
     assert not stopped.finished
     path = tmp_path / "recipe.json"

@@ -14,16 +14,8 @@ from H3DELandmarksLib.registry import read_package
 from H3DELandmarksLib.training.config import parse_training_config
 from H3DELandmarksLib.training.initialization import load_initial_model
 from H3DELandmarksLib.training.recipe import DataSummary, derive_recipe, merge_recipe, model_id_for
+from builders_training import QUICK
 
-TINY_ARCHITECTURE = {"base": "default", "embed_dims": [8, 16, 32, 64], "qk_dims": [8, 16, 32, 64],
-                     "depths": [1, 1, 1, 1], "decoder_dims": [16, 16, 8, 8], "skip_dims": [8]}
-QUICK = {
-    "architecture": TINY_ARCHITECTURE,
-    "stages": [
-        {"name": "coarse", "patch_size": [32, 32, 40], "epochs": 1, "samples_per_epoch": 2, "batch_size": 1},
-        {"name": "fine", "patch_size": [32, 32, 40], "epochs": 1, "samples_per_epoch": 2, "batch_size": 1},
-    ],
-}
 
 
 def summary(**changes) -> DataSummary:
