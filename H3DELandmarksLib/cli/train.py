@@ -99,13 +99,14 @@ def run(args: argparse.Namespace) -> int:
         raise TrainingConfigError("Nothing to train on: give --data DIR (and optionally a recipe file).")
     if args.drop_landmarks and not args.init_from:
         raise TrainingConfigError("--drop-landmarks only applies with --init-from MODEL.")
-    output = args.output or _default_output(file)
+    overrides = _recipe_document(file)
+    output = args.output or _default_output(overrides)
     check_writable_folder(output, "--output")
     few_shot = _few_shot_settings(args)
     if few_shot is not None and args.init_from:
         raise TrainingConfigError("--init-from fine-tunes on annotated cases only; annotate the scans without "
                                   "landmark files or leave them out of DIR.")
-    config, initial = _configuration(args, file, output, few_shot)
+    config, initial = _configuration(args, file, overrides, output, few_shot)
     command = _command(args, file, output, args.resume)
     if few_shot is not None:
         result = train_few_shot(config, output, args.data, few_shot, device=args.device, threads=args.threads,
@@ -148,9 +149,10 @@ def _few_shot_settings(args: argparse.Namespace) -> FewShotSettings | None:
     return settings if needs_pseudo_labels(args.data, settings) else None
 
 
-def _configuration(args: argparse.Namespace, file: Path | None, output: Path, few_shot: FewShotSettings | None
-                   ) -> tuple[TrainingConfig, InitialModel | None]:
-    """The run's configuration (recorded in OUTPUT/recipe.json) and the model it starts from."""
+def _configuration(args: argparse.Namespace, file: Path | None, overrides: dict | None, output: Path,
+                   few_shot: FewShotSettings | None) -> tuple[TrainingConfig, InitialModel | None]:
+    """The run's configuration (recorded in OUTPUT/recipe.json) and the model it starts from;
+    `overrides` is the recipe file's content."""
     initial = None
     if args.init_from:
         names = _data_landmark_names(args.data) if args.data else None
@@ -159,9 +161,6 @@ def _configuration(args: argparse.Namespace, file: Path | None, output: Path, fe
     if args.resume and recorded.is_file():
         raw = read_json_document(recorded, TrainingConfigError, "Recorded recipe")
         return parse_training_config(raw, str(recorded)), initial
-    overrides = read_json_document(file, TrainingConfigError, "Training configuration") if file else None
-    if overrides is not None and not isinstance(overrides, dict):
-        raise TrainingConfigError(f"{file} must hold a JSON object.")
     if overrides is not None and initial is None and all(section in overrides for section in COMPLETE_SECTIONS):
         raw = overrides
     else:
@@ -207,12 +206,20 @@ def _recipe_file(args: argparse.Namespace) -> Path | None:
     return args.config or args.config_option
 
 
-def _default_output(file: Path | None) -> Path:
-    if file is not None:
-        raw = read_json_document(file, TrainingConfigError, "Training configuration")
-        model = raw.get("model", {}) if isinstance(raw, dict) else {}
-        if "id" in model and "version" in model:
-            return Path("runs") / f"{model['id']}-{model['version']}"
+def _recipe_document(file: Path | None) -> dict | None:
+    """The recipe file's JSON object (None without a file)."""
+    if file is None:
+        return None
+    document = read_json_document(file, TrainingConfigError, "Training configuration")
+    if not isinstance(document, dict):
+        raise TrainingConfigError(f"{file} must hold a JSON object.")
+    return document
+
+
+def _default_output(recipe: dict | None) -> Path:
+    model = (recipe or {}).get("model", {})
+    if isinstance(model, dict) and "id" in model and "version" in model:
+        return Path("runs") / f"{model['id']}-{model['version']}"
     raise TrainingConfigError("Give --output DIR: the folder for the run and its model package.")
 
 
