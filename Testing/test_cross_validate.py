@@ -3,6 +3,7 @@ inner validation cases, every reported case gets a prediction and the run resume
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,9 @@ def test_every_reported_case_is_predicted_by_a_model_that_never_saw_it(tmp_path,
     bench = load_bench()
     arguments = ["--data", str(data), "--recipe", str(recipe), "--out", str(tmp_path / "cv"), "--folds", "2",
                  "--threads", "1"]
+    assert bench.main([*arguments, "--fold", "2"]) == 0
+    assert "Folds 1 of 2 are not done yet" in capsys.readouterr().out
+    assert not (tmp_path / "cv" / "fold-1" / "run").exists() and not (tmp_path / "cv" / "report").exists()
     assert bench.main(arguments) == 0
     folds = json.loads((tmp_path / "cv" / "folds.json").read_text())
     assert sorted(folds[0] + folds[1]) == ["p0", "p1", "p2", "p3"]
@@ -68,5 +72,9 @@ def test_every_reported_case_is_predicted_by_a_model_that_never_saw_it(tmp_path,
     summary = (tmp_path / "cv" / "report" / "summary.md").read_text(encoding="utf-8")
     assert "4 cases" in summary and "Scored by expected error" in summary
     capsys.readouterr()
+    for number in (1, 2):
+        shutil.rmtree(tmp_path / "cv" / f"fold-{number}" / "run")
     assert bench.main(arguments) == 0
     assert "h3de train" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--fold 3 is not a fold of this run"):
+        bench.main([*arguments, "--fold", "3"])

@@ -17,6 +17,12 @@ it (``--baseline``), into ``OUT/report``. Every step is skipped when its output 
 training resumes, so the same command continues an interrupted run (``--max-minutes`` bounds one
 invocation; exit status 3 means "not finished, run again").
 
+A fold whose cases all have predictions is done and never retrains, so a run can be spread over
+machines or sessions: ``--fold K`` runs only fold K (repeat the flag for several), and
+``OUT/folds.json``, ``OUT/predictions/`` and each ``OUT/fold-K/selection.json`` are the whole
+result of a fold (kept, they let the report be made without the fold's training run). The report
+is made once every fold is done.
+
     python bench/cross_validate.py --data ../shared/data/mouse_ct_atlas \\
         --recipe Resources/Training/mouse-skull-45.json --out runs/cv --folds 4 --threads 2
 """
@@ -57,8 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     column, value = args.report_where.split("=", 1)
     reported = [case for case, row in notes.items() if row.get(column) == value]
     folds = _folds(args.out / "folds.json", reported, args.folds, args.seed)
+    outside = [number for number in args.fold or [] if not 1 <= number <= len(folds)]
+    if outside:
+        sys.exit(f"--fold {outside[0]} is not a fold of this run (1 to {len(folds)}).")
     for number, test_cases in enumerate(folds, start=1):
         fold = args.out / f"fold-{number}"
+        if _fold_done(args.out / "predictions", test_cases) or (args.fold and number not in args.fold):
+            continue
         data = _fold_data(args.data, fold / "data", notes, test_cases)
         minutes = None if args.max_minutes is None else args.max_minutes - (time.monotonic() - started) / 60
         if minutes is not None and minutes <= 0:
@@ -67,8 +78,19 @@ def main(argv: list[str] | None = None) -> int:
             return _not_finished(number)
         selected = _select(fold, data, args.threads)
         _detect(args, selected, test_cases, args.out / "predictions")
+    remaining = [number for number, cases in enumerate(folds, start=1)
+                 if not _fold_done(args.out / "predictions", cases)]
+    if remaining:
+        print(f"Folds {', '.join(map(str, remaining))} of {len(folds)} are not done yet; the report is made once "
+              "every fold is.", flush=True)
+        return 0
     _evaluate(args)
     return 0
+
+
+def _fold_done(predictions: Path, cases: list[str]) -> bool:
+    """Whether every case of a fold has its prediction."""
+    return all((predictions / f"{case}.mrk.json").is_file() for case in cases)
 
 
 def _folds(path: Path, cases: list[str], count: int, seed: int) -> list[list[str]]:
@@ -218,6 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="folder for folds, runs, predictions and report")
     parser.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    parser.add_argument("--fold", type=int, action="append", metavar="K",
+                        help="run only fold K (1-based; repeat for several); default: every fold")
     parser.add_argument("--report-where", default="landmarks=exact", metavar="COLUMN=VALUE",
                         help="cases.csv cells of the reported cases (default landmarks=exact)")
     parser.add_argument("--name", default="H3DE-Net (cross-validated)", help="the method's name in the report")
