@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from H3DELandmarksLib.cli.main import main
@@ -17,7 +18,8 @@ from H3DELandmarksLib.data.volume import Volume
 from H3DELandmarksLib.data.volume_io import write_volume
 from H3DELandmarksLib.registry import read_package
 from H3DELandmarksLib.cli import train as train_cli
-from H3DELandmarksLib.training import pseudo_labels
+from H3DELandmarksLib.training import fewshot, pseudo_labels
+from H3DELandmarksLib.training.fewshot import FewShotSettings
 from H3DELandmarksLib.training.pseudo_labels import REGISTRATION_DIR
 from builders_training import QUICK
 
@@ -123,3 +125,20 @@ def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, c
     monkeypatch.setattr(pseudo_labels, "transfer_landmarks", refuse)
     assert main(arguments + ["--resume"]) == 0
     assert [path.stat().st_mtime_ns for path in pairs] == stamps
+
+
+def test_round_budget_is_what_registration_and_relabelling_leave(tmp_path):
+    data = write_dataset(tmp_path / "data", annotated=[0, 1], unannotated=[2, 3, 4])
+    source = GenericDataset(data)
+    settings = FewShotSettings(rounds=2)
+    output = tmp_path / "run"
+    pairs = 2 * 3 * fewshot.SECONDS_PER_PAIR / 60
+    relabel = 3 * fewshot.SECONDS_PER_RELABEL / 60
+    assert fewshot.round_minutes(source, settings, output, 60.0) == pytest.approx((60.0 - pairs - relabel) / 2)
+    stored = pseudo_labels._pair_path(output, source.unannotated_cases()[0], source.cases()[0])
+    stored.parent.mkdir(parents=True)
+    stored.write_text("{}")
+    assert pseudo_labels.pending_pairs(output, source.unannotated_cases(), source.cases()) == 5
+    assert fewshot.round_minutes(source, settings, output, 60.0) == pytest.approx(
+        (60.0 - pairs * 5 / 6 - relabel) / 2)
+    assert fewshot.round_minutes(source, settings, output, 1.0) == pytest.approx(1.0 / 20 / 2)

@@ -16,7 +16,8 @@ When DIR has unannotated scans (volumes without a landmark file), or `--referenc
 given, the run is few-shot (`training.fewshot`): the annotated cases (or the template) are
 registered onto the unannotated scans, the networks train on the pseudo-labels for `--rounds`
 rounds, each round's model re-labelling the scans for the next; a derived recipe then plans each
-round's epochs in a share of `--max-minutes` (rounds + 1 shares, one for registration). A
+round's epochs in an equal share of what `--max-minutes` leaves after the registration of the pairs
+not yet registered and the re-labelling (`fewshot.round_minutes`, from measured costs). A
 few-shot run is one process (not under torchrun).
 """
 
@@ -35,7 +36,13 @@ from ..registry.resolve import resolve_model
 from ..training.cache import CaseCache
 from ..training.config import TrainingConfig, TrainingConfigError, parse_training_config
 from ..training.distributed import is_main_process
-from ..training.fewshot import FewShotSettings, few_shot_summary, needs_pseudo_labels, train_few_shot
+from ..training.fewshot import (
+    FewShotSettings,
+    few_shot_summary,
+    needs_pseudo_labels,
+    round_minutes,
+    train_few_shot,
+)
 from ..training.initialization import InitialModel, fine_tuning_recipe, load_initial_model
 from ..training.loop import CACHE_DIR, train
 from ..training.recipe import derive_recipe, merge_recipe, model_id_for, summarize_data
@@ -183,7 +190,7 @@ def _derived(args: argparse.Namespace, output: Path, initial: InitialModel | Non
     if few_shot is None:
         recipe = derive_recipe(summarize_data(cache.get, source.cases()), model_id, args.max_minutes)
     else:
-        budget = None if args.max_minutes is None else args.max_minutes / (few_shot.rounds + 1)
+        budget = None if args.max_minutes is None else round_minutes(source, few_shot, output, args.max_minutes)
         recipe = derive_recipe(few_shot_summary(source, cache.get, few_shot), model_id, budget)
     if initial is None:
         return recipe

@@ -52,6 +52,7 @@ from .pseudo_labels import (
     file_digest,
     label_movement,
     model_labels,
+    pending_pairs,
     read_label_set,
     register_references,
     registration_labels,
@@ -60,6 +61,10 @@ from .pseudo_labels import (
 )
 from .recipe import DataSummary, summarize_data
 
+# Measured on the mouse atlas (bench/fewshot_mouse.py, 2 threads, 2-core CPU): seconds to register
+# one reference onto one scan (12-27 s, mean 17 s) and to re-label one scan with a round's model.
+SECONDS_PER_PAIR = 17.0
+SECONDS_PER_RELABEL = 3.0
 STATE_FILE = "fewshot.json"
 LABELS_DIR = "pseudo_labels"
 ROUNDS_DIR = "rounds"
@@ -106,6 +111,18 @@ def few_shot_summary(source: GenericDataset, load: Callable[[str], tuple[Volume,
         annotated = [reference.name for reference in _references(source, settings)]
         summary = summarize_data(load, annotated)
     return dataclasses.replace(summary, cases=annotated + source.unannotated_cases())
+
+
+def round_minutes(source: GenericDataset, settings: FewShotSettings, output: str | os.PathLike,
+                  max_minutes: float) -> float:
+    """Minutes each round's training may plan within `max_minutes`: what is left after registering
+    the pairs not yet stored in `output` and re-labelling the unannotated scans between rounds,
+    shared by the rounds (at least a twentieth of the budget each)."""
+    references = [reference.name for reference in _references(source, settings)]
+    scans = source.unannotated_cases()
+    before = (pending_pairs(Path(output), scans, references) * SECONDS_PER_PAIR
+              + (settings.rounds - 1) * len(scans) * SECONDS_PER_RELABEL) / 60.0
+    return max(max_minutes - before, max_minutes / 20.0) / settings.rounds
 
 
 def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str | os.PathLike,

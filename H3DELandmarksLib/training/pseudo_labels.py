@@ -170,6 +170,11 @@ def settings_digest(settings: RegistrationSettings) -> str:
     return hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()).hexdigest()
 
 
+def pending_pairs(output: Path, targets: Sequence[str], references: Sequence[str]) -> int:
+    """How many (target, reference) pairs have no registration stored in ``output`` yet."""
+    return sum(not _pair_path(output, target, reference).is_file() for target in targets for reference in references)
+
+
 def _pair_key(target: Target, reference: Reference, names: Sequence[str], settings: RegistrationSettings) -> dict:
     return {"format": REGISTRATION_FORMAT, "target": target.fingerprint, "reference": reference.fingerprint,
             "names": list(names), "settings": settings_digest(settings)}
