@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from H3DELandmarksLib.cli import train as train_cli
 from H3DELandmarksLib.cli.main import main
 from H3DELandmarksLib.data.landmark_files import read_landmarks, write_landmarks
 from H3DELandmarksLib.data.phantom import make_phantom
@@ -13,6 +14,7 @@ from H3DELandmarksLib.data.volume_io import write_volume
 from H3DELandmarksLib.registry import read_package
 from H3DELandmarksLib.training.config import parse_training_config
 from H3DELandmarksLib.training.initialization import load_initial_model
+from H3DELandmarksLib.training.loop import TrainingResult
 from H3DELandmarksLib.training.recipe import DataSummary, derive_recipe, merge_recipe, model_id_for
 from builders_training import QUICK
 
@@ -124,3 +126,23 @@ def test_initial_model_keeps_the_channels_and_mean_shape_of_kept_landmarks(tmp_p
         assert state["final_conv.bias"].shape[0] == len(names) - 1
     if whole.mean_shape is not None:
         np.testing.assert_array_equal(part.mean_shape, whole.mean_shape[1:])
+
+
+def test_a_new_run_replaces_a_recipe_left_without_a_run_but_never_a_runs(tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "data", range(4))
+    quick = tmp_path / "quick.json"
+    quick.write_text(json.dumps(QUICK), encoding="utf-8")
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "recipe.json").write_text(json.dumps({"stale": True}), encoding="utf-8")
+    used = []
+    monkeypatch.setattr(train_cli, "train", lambda config, *args, **kwargs: used.append(config.raw)
+                        or TrainingResult(False, output, None, {}))
+    arguments = ["train", "--data", str(data), "--output", str(output), "--config", str(quick), "--no-progress"]
+    assert main(arguments) == 0
+    recorded = json.loads((output / "recipe.json").read_text(encoding="utf-8"))
+    assert recorded == used[0] and "stale" not in recorded
+    (output / "checkpoint.pt").write_bytes(b"a run")
+    (output / "recipe.json").write_text(json.dumps({"of": "the run"}), encoding="utf-8")
+    assert main(arguments) == 0
+    assert json.loads((output / "recipe.json").read_text(encoding="utf-8")) == {"of": "the run"}

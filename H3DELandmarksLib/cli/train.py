@@ -37,6 +37,8 @@ from ..training.cache import CaseCache
 from ..training.config import TrainingConfig, TrainingConfigError, parse_training_config
 from ..training.distributed import is_main_process
 from ..training.fewshot import (
+    ROUNDS_DIR,
+    STATE_FILE,
     FewShotSettings,
     few_shot_summary,
     needs_pseudo_labels,
@@ -44,7 +46,7 @@ from ..training.fewshot import (
     train_few_shot,
 )
 from ..training.initialization import InitialModel, fine_tuning_recipe, load_initial_model
-from ..training.loop import CACHE_DIR, train
+from ..training.loop import CACHE_DIR, CHECKPOINT_FILE, train
 from ..training.recipe import derive_recipe, merge_recipe, model_id_for, summarize_data
 from .parent_guard import add_option as add_parent_guard_option
 from .parent_guard import stop_when_stdin_closes
@@ -175,10 +177,16 @@ def _configuration(args: argparse.Namespace, file: Path | None, overrides: dict 
         if overrides is not None:
             raw = merge_recipe(raw, overrides)
     config = parse_training_config(raw, str(file) if file else "the derived recipe")
-    if is_main_process() and not args.resume and (args.overwrite or not recorded.exists()):
+    if is_main_process() and not args.resume and (args.overwrite or not _holds_run(output)):
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(recorded, json.dumps(raw, indent=2) + "\n", overwrite=True)
     return config, initial
+
+
+def _holds_run(output: Path) -> bool:
+    """Whether `output` holds a training run whose recorded recipe a new run must not replace
+    (a recipe alone, left by a run stopped before its first checkpoint, is replaced)."""
+    return any((output / name).exists() for name in (CHECKPOINT_FILE, STATE_FILE, ROUNDS_DIR))
 
 
 def _derived(args: argparse.Namespace, output: Path, initial: InitialModel | None,
