@@ -1,5 +1,6 @@
 """bench/cross_validate.py on a tiny dataset: folds never see their cases, settings come from the
-inner validation cases, every reported case gets a prediction and the run resumes."""
+inner validation cases (stage by stage for a refine stage added by recipe overrides), every
+reported case gets a prediction and the run resumes."""
 
 import importlib.util
 import json
@@ -78,3 +79,32 @@ def test_every_reported_case_is_predicted_by_a_model_that_never_saw_it(tmp_path,
     assert "h3de train" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--fold 3 is not a fold of this run"):
         bench.main([*arguments, "--fold", "3"])
+
+
+@pytest.mark.slow
+def test_a_refine_stage_from_recipe_overrides_gets_its_settings_chosen_after_the_fine_stage(tmp_path):
+    data = tmp_path / "data"
+    kinds = {f"p{seed}": "exact" if seed < 4 else "refined" for seed in range(6)}
+    for seed, case in enumerate(kinds):
+        volume, landmarks = make_phantom(seed, size=(32, 32, 32), spacing=4.0)
+        write_volume(volume, data / "volumes" / f"{case}.nrrd")
+        write_landmarks(data / "landmarks" / f"{case}.mrk.json", landmarks)
+    (data / "cases.csv").write_text("case,landmarks\n" + "".join(f"{c},{k}\n" for c, k in kinds.items()))
+    recipe, overrides = tmp_path / "recipe.json", tmp_path / "refine.json"
+    recipe.write_text(json.dumps(TINY_RECIPE))
+    refine = {**TINY_RECIPE["stages"][1], "name": "refine", "spacing_mm": 2.0, "centre_jitter": 0.1}
+    overrides.write_text(json.dumps({"stages": [{"name": "coarse"}, {"name": "fine"}, refine]}))
+    bench = load_bench()
+    fold = tmp_path / "cv" / "fold-1"
+    args = bench._parser().parse_args(["--data", str(data), "--recipe", str(recipe), "--recipe-overrides",
+                                       str(overrides), "--out", str(tmp_path / "cv"), "--threads", "1"])
+    assert bench._train(args, data, fold / "run", None)
+    selected = bench._select(fold, data, 1)
+    settings = json.loads((fold / "selection.json").read_text())["settings"]
+    assert [(row["stage"], row["tta_rotations"]) for row in settings] == [("fine", 0)] * 3 + [("refine", 0)] * 3 + [
+        ("refine", 4)]
+    manifest = json.loads((selected / "manifest.json").read_text())
+    assert [stage["name"] for stage in manifest["preprocessing"]["stages"]] == ["coarse", "fine", "refine"]
+    best_fine = min(row["inner_validation_mre_mm"] for row in settings[:3])
+    assert manifest["preprocessing"]["stages"][1]["passes"] in {
+        row["passes"] for row in settings[:3] if row["inner_validation_mre_mm"] == best_fine}

@@ -199,8 +199,9 @@ def test_shape_aligned_stage_needs_a_mean_shape_of_every_landmark():
         "needs": "manifest.json: preprocessing.mean_shape is needed by the shape-aligned stage.",
         "count": "manifest.json: preprocessing.mean_shape has 3 points for 4 landmarks.",
         "few": "manifest.json: preprocessing.mean_shape needs at least 4 points.",
-        "coarse": "manifest.json: preprocessing.stages[0].orientation may be shape-aligned only for the fine stage.",
-        "passes": "manifest.json: preprocessing.stages[0].passes applies only to the fine stage.",
+        "coarse": ("manifest.json: preprocessing.stages[0].orientation may be shape-aligned only for the fine stage "
+                   "or the refine stage."),
+        "passes": "manifest.json: preprocessing.stages[0].passes applies only to the fine stage or the refine stage.",
         "prior": "manifest.json: preprocessing.stages[0].shape_prior_mm applies only to a shape-aligned stage.",
         "head": "manifest.json: preprocessing.stages[1].shape_prior_mm applies only to the heatmap head.",
     }
@@ -216,3 +217,27 @@ def test_shape_aligned_stage_needs_a_mean_shape_of_every_landmark():
         with pytest.raises(ModelPackageError) as raised:
             validate_manifest(manifests[name])
         assert str(raised.value) == message
+
+
+REFINE = {"name": "refine", "spacing_mm": [0.25, 0.25, 0.25], "patch_size": [24, 24, 24]}
+
+
+def with_stages(stages: list[dict]) -> dict:
+    return {**valid_manifest(), "preprocessing": {**valid_manifest()["preprocessing"], "stages": stages}}
+
+
+def test_a_refine_stage_follows_the_fine_stage_and_may_be_shape_aligned():
+    document = shape_aligned_manifest()
+    document["preprocessing"]["stages"].append({**REFINE, "orientation": "shape-aligned", "passes": 2,
+                                                "shape_prior_mm": 1.0, "tta_rotations": 2})
+    validate_manifest(document)
+    coarse, fine = valid_manifest()["preprocessing"]["stages"]
+    for stages in ([coarse, REFINE], [REFINE], [fine, REFINE], [coarse, REFINE, fine]):
+        with pytest.raises(ModelPackageError) as raised:
+            validate_manifest(with_stages(stages))
+        assert str(raised.value) == ("manifest.json: preprocessing.stages has a refine stage without a coarse and a "
+                                     "fine stage before it (it starts from the fine positions).")
+    with pytest.raises(ModelPackageError) as raised:
+        validate_manifest(with_stages([coarse, fine, {**fine, "spacing_mm": [0.25] * 3}]))
+    assert str(raised.value) == ("manifest.json: preprocessing.stages must list the coarse stage first, the fine "
+                                 "stage second and the refine stage third.")

@@ -1,5 +1,6 @@
 """The predictor's behaviour around the geometry: progress, cancellation, thresholds, devices,
-windows and patch groups, and a real (tiny, random-weight) model package end to end."""
+windows and patch groups, a refine stage after the fine one, and a real (tiny, random-weight) model
+package end to end."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from builders_blobs import (
     COARSE,
@@ -153,3 +155,35 @@ def test_stages_of_a_shared_weights_package_share_one_network(tmp_path):
     networks = load_stage_networks(tiny_package(tmp_path / "model").path)
     assert set(networks) == {"coarse", "fine"}
     assert networks["coarse"] is networks["fine"]
+
+
+class ShiftedHeatmapNet(nn.Module):
+    """A stand-in whose heatmaps lie one output voxel further along the patch's first axis."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.output_stride = net.output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(self.net(x), 1, dims=2)
+
+
+def test_a_refine_stage_starts_from_the_fine_positions_and_gives_the_final_ones():
+    volume = blob_volume(DIRECTIONS["oblique"], truth_positions())
+    net = BlobHeatmapNet(4, 1 / (LEVEL_STEP * 5))
+    refine = {"name": "refine", "spacing_mm": [0.5, 0.5, 0.5], "patch_size": [24, 24, 24]}
+    two = Predictor(net, manifest(4, "canonical", [COARSE, FINE]), device="cpu").predict(volume)
+    seen = []
+    three = Predictor({"coarse": net, "fine": net, "refine": ShiftedHeatmapNet(net)},
+                      manifest(4, "canonical", [COARSE, FINE, refine]), device="cpu").predict(
+        volume, progress=lambda *event: seen.append(event))
+    np.testing.assert_array_equal(three.coarse_positions, two.coarse_positions)
+    shift_mm = np.array([refine["spacing_mm"][0] * net.output_stride, 0.0, 0.0])
+    np.testing.assert_allclose(three.landmarks.positions - truth_positions(), np.tile(shift_mm, (4, 1)), atol=0.3)
+    np.testing.assert_allclose(three.signals["pass_shift_mm"],
+                               np.linalg.norm(three.landmarks.positions - two.landmarks.positions, axis=1), atol=1e-9)
+    assert {f"{stage}_{part}" for stage in ("coarse", "fine", "refine")
+            for part in ("preprocessing", "network", "decoding")} | {"total"} == set(three.timings)
+    steps = [step for step, _ in seen]
+    assert steps.index("fine") < steps.index("refine") and seen[-1] == ("done", 1.0)

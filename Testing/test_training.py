@@ -32,6 +32,7 @@ from H3DELandmarksLib.training.losses import (
     proposal_loss,
 )
 from H3DELandmarksLib.training.loop import train
+from H3DELandmarksLib.training.recipe import merge_recipe
 from H3DELandmarksLib.training.targets import HeatmapTarget, heatmap_targets, proposal_targets
 from builders_training import TINY_ARCHITECTURE
 
@@ -164,6 +165,19 @@ def test_configuration_errors_name_the_problem():
         parse_training_config({**TINY, "model": unlicensed})
 
 
+REFINE = {"name": "refine", "spacing_mm": 2.0, "patch_size": [32, 32, 40], "epochs": 2, "samples_per_epoch": 2,
+          "batch_size": 1, "validation_landmarks": 2, "centre_jitter": 0.1}
+
+
+def test_a_refine_stage_is_local_and_needs_the_fine_stage_before_it():
+    stages = parse_training_config({**TINY, "stages": [*TINY["stages"], REFINE]}).stages
+    assert [(stage.name, stage.local) for stage in stages] == [("coarse", False), ("fine", True), ("refine", True)]
+    with pytest.raises(TrainingConfigError) as error:
+        parse_training_config({**TINY, "stages": [TINY["stages"][0], REFINE]}, "tiny.json")
+    assert str(error.value) == ("tiny.json: stages must be a coarse stage, a fine stage, coarse then fine, or coarse, "
+                                "fine then refine (a refine stage starts from the fine positions).")
+
+
 @pytest.mark.parametrize("change, sentence", [
     ({"data": {**TINY["data"], "validation": {"fractoin": 0.2}}}, "data.validation.fractoin is not a known field."),
     ({"stages": [{**TINY["stages"][0], "epochs": "3"}]}, "stages[0].epochs must be an integer."),
@@ -190,6 +204,15 @@ def test_shipped_configurations_parse_and_the_mouse_split_uses_exact_cases(share
     assert "KK.HlJ_" in data.train_cases
     _, landmarks = data.case("KK.HlJ_")
     assert not landmarks.present[data.names.index("28")] and landmarks.present.sum() == 44
+
+
+def test_the_refine_ablation_recipe_adds_a_refine_stage_to_the_mouse_recipe():
+    mouse = json.loads((REPO / "Resources" / "Training" / "mouse-skull-45.json").read_text())
+    partial = json.loads((REPO / "bench" / "lever-refine.json").read_text())
+    config = parse_training_config(merge_recipe(mouse, partial), "bench/lever-refine.json")
+    assert [stage.name for stage in config.stages] == ["coarse", "fine", "refine"]
+    assert config.raw["stages"][:2] == mouse["stages"] and config.raw["data"] == mouse["data"]
+    assert config.stages[2].spacing_mm < config.stages[1].spacing_mm
 
 
 def write_config(folder: Path, raw: dict) -> Path:
@@ -314,3 +337,30 @@ def test_a_shape_aligned_fine_stage_ships_the_mean_shape_and_detects(tmp_path):
     fine = read_package(again.package).manifest["preprocessing"]["stages"][1]
     assert (fine["passes"], fine["shape_prior_mm"]) == (3, 1.5)
     assert all(torch.equal(weights[key], tensor) for key, tensor in load_file(again.package / "model.safetensors").items())
+
+
+@pytest.mark.slow
+def test_a_partial_recipe_adds_a_refine_stage_that_trains_packages_and_detects_last(tmp_path):
+    partial = tmp_path / "refine.json"
+    partial.write_text(json.dumps({"stages": [{"name": "coarse"}, {"name": "fine"}, REFINE]}))
+    output = tmp_path / "run"
+    assert main(["train", str(write_config(tmp_path, TINY)), "--config", str(partial), "--output", str(output),
+                 "--no-progress", "--threads", "1"]) == 0
+    recipe = json.loads((output / "recipe.json").read_text())
+    assert recipe == {**TINY, "stages": [*TINY["stages"], REFINE]}
+    rows = list(csv.DictReader(open(output / "training_log.csv")))
+    assert [row["stage"] for row in rows] == ["coarse"] * 2 + ["fine"] * 2 + ["refine"] * 2
+    manifest = read_package(output / "package").manifest
+    assert [stage["name"] for stage in manifest["preprocessing"]["stages"]] == ["coarse", "fine", "refine"]
+    assert manifest["training"]["command"][2:5] == [str(tmp_path / "tiny.json"), "--config", str(partial)]
+    metrics = manifest["training"]["metrics"]
+    assert metrics["refine"]["validation_patches"] == metrics["fine"]["validation_patches"] == 2
+    assert np.isfinite(metrics["refine"]["val_mre_mm"])
+    assert {key.split(".")[0] for key in load_file(output / "package" / "model.safetensors")} == {
+        "coarse", "fine", "refine"}
+    data = TrainingData(parse_training_config(recipe), output / "cache")
+    volume, _ = data.case(data.validation_cases[0])
+    detection = Predictor.from_model(output / "package", device="cpu").predict(volume)
+    assert np.all(np.isfinite(detection.landmarks.positions))
+    assert {"refine_preprocessing", "refine_network", "refine_decoding"} <= set(detection.timings)
+    assert set(detection.signals) == {"pass_shift_mm", "shape_residual_mm", "confidence"}

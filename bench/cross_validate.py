@@ -7,9 +7,12 @@ are dealt into k folds (seeded, written to ``OUT/folds.json``). For each fold:
    filtered), so neither training nor its inner validation can see them;
 2. ``h3de train RECIPE --data OUT/fold-K/data --output OUT/fold-K/run`` (the recipe's own inner
    validation split, drawn from the remaining cases, stops training early);
-3. inference settings (fine passes, shape prior width, then test-time rotations for the best of
-   those) chosen on those inner validation cases only, and the expected-error model fitted on their detections with the chosen settings;
-   written as the package ``OUT/fold-K/selected`` (same weights) and ``selection.json``;
+3. inference settings chosen on those inner validation cases only: the passes and shape prior
+   width of each local stage in turn (the fine stage, then the refine stage of a three-stage
+   recipe, judged by the final positions with the later stage as the recipe states it), then
+   test-time rotations of the last stage for the best of those; the expected-error model fitted
+   on their detections with the chosen settings; written as the package ``OUT/fold-K/selected``
+   (same weights) and ``selection.json``;
 4. ``h3de detect`` on the fold's whole scans with that package into ``OUT/predictions``.
 
 Then ``h3de evaluate`` scores every reported case, with MALPACA's errors on the same cases beside
@@ -25,6 +28,10 @@ is made once every fold is done.
 
     python bench/cross_validate.py --data ../shared/data/mouse_ct_atlas \\
         --recipe Resources/Training/mouse-skull-45.json --out runs/cv --folds 4 --threads 2
+
+``--recipe-overrides FILE`` trains with a partial recipe merged onto ``--recipe`` (``h3de train
+RECIPE --config FILE``); the refine-stage ablation (a third stage at 0.1 mm) is the same command
+with ``--recipe-overrides bench/lever-refine.json --out runs/cv-refine``.
 """
 
 from __future__ import annotations
@@ -130,6 +137,8 @@ def _train(args: argparse.Namespace, data: Path, run: Path, minutes: float | Non
     if (run / "package" / "manifest.json").is_file():
         return True
     command = ["h3de", "train", str(args.recipe), "--data", str(data), "--output", str(run), "--no-progress"]
+    if args.recipe_overrides:
+        command += ["--config", str(args.recipe_overrides)]
     if (run / "checkpoint.pt").is_file():
         command.append("--resume")
     if args.threads:
@@ -156,22 +165,27 @@ def _select(fold: Path, data: Path, threads: int | None) -> Path:
     scans = {case: dataset.load(case) for case in cases}
     rows, trials = [], []
 
-    def trial(passes: int, prior: float | None, rotations: int) -> None:
-        candidate = _with_settings(manifest, passes, prior, rotations)
+    def trial(base: dict, index: int, passes: int, prior: float | None, rotations: int) -> None:
+        candidate = _with_settings(base, index, passes, prior, rotations)
+        stage = candidate["preprocessing"]["stages"][index]["name"]
         predictor = Predictor(networks, candidate, device="cpu", threads=threads)
         detections = {case: predictor.predict(volume) for case, (volume, _) in scans.items()}
         errors = {case: radial_errors(detections[case].landmarks, truth) for case, (_, truth) in scans.items()}
         mre = float(np.mean([np.nanmean(value) for value in errors.values()]))
-        rows.append({"passes": passes, "shape_prior_mm": prior, "tta_rotations": rotations,
+        rows.append({"stage": stage, "passes": passes, "shape_prior_mm": prior, "tta_rotations": rotations,
                      "inner_validation_mre_mm": round(mre, 4)})
-        print(f"{fold.name}: passes {passes}, prior {prior}, {rotations} test-time rotations: inner validation "
-              f"MRE {mre:.4f} mm", flush=True)
+        print(f"{fold.name}: {stage} passes {passes}, prior {prior}, {rotations} test-time rotations: inner "
+              f"validation MRE {mre:.4f} mm", flush=True)
         trials.append((mre, len(trials), candidate, detections, errors))
 
-    for passes, prior in _settings(manifest):
-        trial(passes, prior, 0)
-    best = min(trials)
-    trial(rows[best[1]]["passes"], rows[best[1]]["shape_prior_mm"], TEST_TIME_ROTATIONS)
+    chosen = manifest
+    stages = manifest["preprocessing"]["stages"]
+    for index in range(1, len(stages)) or [0]:
+        for passes, prior in _settings(stages[index]):
+            trial(chosen, index, passes, prior, 0)
+        chosen = min(trials)[2]
+    last = chosen["preprocessing"]["stages"][-1]
+    trial(chosen, len(stages) - 1, last.get("passes", 1), last.get("shape_prior_mm"), TEST_TIME_ROTATIONS)
     _, _, chosen, detections, errors = min(trials)
     signals = {name: np.concatenate([detections[case].signals[name] for case in cases])
                for name in detections[cases[0]].signals}
@@ -185,22 +199,23 @@ def _select(fold: Path, data: Path, threads: int | None) -> Path:
     return selected
 
 
-def _settings(manifest: dict) -> list[tuple[int, float | None]]:
-    fine = manifest["preprocessing"]["stages"][-1]
-    priors = SHAPE_PRIORS_MM if fine.get("orientation") == "shape-aligned" else (None,)
+def _settings(stage: dict) -> list[tuple[int, float | None]]:
+    """The (passes, shape prior) pairs tried for a local stage."""
+    priors = SHAPE_PRIORS_MM if stage.get("orientation") == "shape-aligned" else (None,)
     return [(passes, prior) for passes in PASSES for prior in priors]
 
 
-def _with_settings(manifest: dict, passes: int, prior: float | None, rotations: int) -> dict:
+def _with_settings(manifest: dict, index: int, passes: int, prior: float | None, rotations: int) -> dict:
+    """A copy of `manifest` whose stage `index` runs with these settings."""
     candidate = json.loads(json.dumps(manifest))
-    fine = candidate["preprocessing"]["stages"][-1]
-    fine["passes"] = passes
-    fine.pop("tta_rotations", None)
+    stage = candidate["preprocessing"]["stages"][index]
+    stage["passes"] = passes
+    stage.pop("tta_rotations", None)
     if rotations:
-        fine["tta_rotations"] = rotations
-    fine.pop("shape_prior_mm", None)
+        stage["tta_rotations"] = rotations
+    stage.pop("shape_prior_mm", None)
     if prior is not None:
-        fine["shape_prior_mm"] = prior
+        stage["shape_prior_mm"] = prior
     return candidate
 
 
@@ -237,6 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (generic layout with cases.csv)")
     parser.add_argument("--recipe", type=Path, required=True, help="training recipe file")
+    parser.add_argument("--recipe-overrides", type=Path, metavar="FILE",
+                        help="partial recipe merged onto --recipe, e.g. bench/lever-refine.json")
     parser.add_argument("--out", type=Path, required=True, help="folder for folds, runs, predictions and report")
     parser.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")

@@ -3,11 +3,13 @@
 `h3de train --data DIR --output OUT` derives the recipe from the annotated cases of DIR (see
 `training.recipe`) and writes it to ``OUT/recipe.json``; a recipe file (`--config`, or the
 positional argument) that is complete is used as it is, a partial one overrides those parts of
-the derived recipe. `--init-from MODEL` fine-tunes a model on DIR instead (its recipe, landmark
-set and weights). The output folder keeps the checkpoint (after every epoch), the per-epoch CSV
-log, the case cache and, at the end, the model package in ``OUT/package``. `--max-minutes` stops
-cleanly with a checkpoint and `--resume` continues exactly where the run stopped, with the recipe
-in ``OUT/recipe.json``.
+the derived recipe; given both, the `--config` file overrides parts of the positional one
+(``h3de train Resources/Training/mouse-skull-45.json --config bench/lever-refine.json``).
+`--init-from MODEL` fine-tunes a model on DIR instead (its recipe, landmark set and weights). The
+output folder keeps the checkpoint (after every epoch), the per-epoch CSV log, the case cache
+and, at the end, the model package in ``OUT/package``. `--max-minutes` stops cleanly with a
+checkpoint and `--resume` continues exactly where the run stopped, with the recipe in
+``OUT/recipe.json``.
 
 Under ``torchrun --nproc-per-node N -m H3DELandmarksLib.cli.main train ...`` the N processes train
 one model with DistributedDataParallel; rank 0 alone prints and writes files.
@@ -65,7 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     parser.add_argument("config", type=Path, nargs="?", help="recipe file (JSON), e.g. Resources/Training/phantom.json")
     parser.add_argument("--config", type=Path, dest="config_option", metavar="FILE",
-                        help="recipe file; a partial one overrides those parts of the derived recipe")
+                        help="recipe file; a partial one overrides those parts of the derived recipe, or of the "
+                             "positional recipe file when one is given")
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help="dataset folder: volumes/ and landmarks/ (a volume without landmarks is unannotated), "
                              "optional cases.csv")
@@ -89,8 +92,8 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     few_shot.add_argument("--rounds", type=int, default=2, metavar="N",
                           help="most training rounds, each re-labelling the unannotated scans (default: 2)")
     few_shot.add_argument("--label-tolerance", type=float, metavar="MM",
-                          help="stop once the pseudo-labels move less than this (median; default: half the fine "
-                               "spacing)")
+                          help="stop once the pseudo-labels move less than this (median; default: half the finest "
+                               "stage spacing)")
     few_shot.add_argument("--reference-template", nargs=2, type=Path, metavar=("VOLUME", "LANDMARKS"),
                           help="register this template and its landmarks, the only reference, onto the scans")
     few_shot.add_argument("--registration-spacing", type=float, metavar="MM",
@@ -103,20 +106,20 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train; prints where the package is, or how to resume."""
     stop_when_stdin_closes(args.stop_when_stdin_closes)
-    file = _recipe_file(args)
-    if file is None and args.data is None:
+    files = [file for file in (args.config, args.config_option) if file is not None]
+    if not files and args.data is None:
         raise TrainingConfigError("Nothing to train on: give --data DIR (and optionally a recipe file).")
     if args.drop_landmarks and not args.init_from:
         raise TrainingConfigError("--drop-landmarks only applies with --init-from MODEL.")
-    overrides = _recipe_document(file)
+    overrides = _recipe_document(files)
     output = args.output or _default_output(overrides)
     check_writable_folder(output, "--output")
     few_shot = _few_shot_settings(args)
     if few_shot is not None and args.init_from:
         raise TrainingConfigError("--init-from fine-tunes on annotated cases only; annotate the scans without "
                                   "landmark files or leave them out of DIR.")
-    config, initial = _configuration(args, file, overrides, output, few_shot)
-    command = _command(args, file, output, args.resume)
+    config, initial = _configuration(args, files, overrides, output, few_shot)
+    command = _command(args, files, output, args.resume)
     if few_shot is not None:
         result = train_few_shot(config, output, args.data, few_shot, device=args.device, threads=args.threads,
                                 max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Training finished; model package: {result.package}{summary}")
         print(f"Detect with: h3de detect SCANS --model {result.package} --out RESULTS")
     else:
-        again = " ".join(_command(args, file, output, resume=True))
+        again = " ".join(_command(args, files, output, resume=True))
         if result.package:
             print(f"Stopped at the time limit; model package from the best weights so far: {result.package}")
             print(f"Try it with: h3de detect SCANS --model {result.package} --out RESULTS")
@@ -158,10 +161,10 @@ def _few_shot_settings(args: argparse.Namespace) -> FewShotSettings | None:
     return settings if needs_pseudo_labels(args.data, settings) else None
 
 
-def _configuration(args: argparse.Namespace, file: Path | None, overrides: dict | None, output: Path,
+def _configuration(args: argparse.Namespace, files: list[Path], overrides: dict | None, output: Path,
                    few_shot: FewShotSettings | None) -> tuple[TrainingConfig, InitialModel | None]:
     """The run's configuration (recorded in OUTPUT/recipe.json) and the model it starts from;
-    `overrides` is the recipe file's content."""
+    `overrides` is the recipe files' content."""
     initial = None
     if args.init_from:
         names = _data_landmark_names(args.data) if args.data else None
@@ -176,7 +179,7 @@ def _configuration(args: argparse.Namespace, file: Path | None, overrides: dict 
         raw = _derived(args, output, initial, few_shot)
         if overrides is not None:
             raw = merge_recipe(raw, overrides)
-    config = parse_training_config(raw, str(file) if file else "the derived recipe")
+    config = parse_training_config(raw, " with ".join(map(str, files)) or "the derived recipe")
     if is_main_process() and not args.resume and (args.overwrite or not _holds_run(output)):
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(recorded, json.dumps(raw, indent=2) + "\n", overwrite=True)
@@ -215,19 +218,15 @@ def _data_landmark_names(root: Path) -> set[str]:
     return names or set()
 
 
-def _recipe_file(args: argparse.Namespace) -> Path | None:
-    if args.config and args.config_option:
-        raise TrainingConfigError("Give the recipe file once: positionally or with --config.")
-    return args.config or args.config_option
-
-
-def _recipe_document(file: Path | None) -> dict | None:
-    """The recipe file's JSON object (None without a file)."""
-    if file is None:
-        return None
-    document = read_json_document(file, TrainingConfigError, "Training configuration")
-    if not isinstance(document, dict):
-        raise TrainingConfigError(f"{file} must hold a JSON object.")
+def _recipe_document(files: list[Path]) -> dict | None:
+    """The recipe files' JSON objects, each later one overriding parts of the one before (None
+    without a file)."""
+    document = None
+    for file in files:
+        part = read_json_document(file, TrainingConfigError, "Training configuration")
+        if not isinstance(part, dict):
+            raise TrainingConfigError(f"{file} must hold a JSON object.")
+        document = part if document is None else merge_recipe(document, part)
     return document
 
 
@@ -238,9 +237,10 @@ def _default_output(recipe: dict | None) -> Path:
     raise TrainingConfigError("Give --output DIR: the folder for the run and its model package.")
 
 
-def _command(args: argparse.Namespace, file: Path | None, output: Path, resume: bool) -> list[str]:
+def _command(args: argparse.Namespace, files: list[Path], output: Path, resume: bool) -> list[str]:
     """The command line of this run (recorded in the manifest), resuming or not."""
-    command = ["h3de", "train"] + ([str(file)] if file else []) + ["--output", str(output)]
+    recipes = [str(file) for file in files[:1]] + [part for file in files[1:] for part in ("--config", str(file))]
+    command = ["h3de", "train", *recipes, "--output", str(output)]
     for flag, value in (("--data", args.data), ("--init-from", args.init_from), ("--id", args.model_id),
                         ("--threads", args.threads)):
         if value:

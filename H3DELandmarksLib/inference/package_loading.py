@@ -36,8 +36,9 @@ def load_stage_networks(path: str | os.PathLike, device: str = "cpu") -> dict[st
 def load_package(path: str | os.PathLike, device: str = "cpu", stage: str | None = None) -> H3DENet:
     """The network of the package at `path`, ready for `forward`.
 
-    For a two-stage package, `stage` picks "coarse" or "fine" (default: the last stage, whose
-    output gives the final positions). The manifest stays available as ``net.package.manifest``.
+    For a package of several stages, `stage` picks one by name ("coarse", "fine", "refine";
+    default: the last stage, whose output gives the final positions). The manifest stays
+    available as ``net.package.manifest``.
     """
     networks = load_stage_networks(path, device)
     name = stage or list(networks)[-1]

@@ -1,11 +1,13 @@
-"""The two-stage landmark predictor: whole volume at the coarse spacing, then local fine patches.
+"""The landmark predictor: whole volume at the coarse spacing, then local patches, stage by stage.
 
 Stage 1 (the manifest's "coarse" stage) runs on the whole volume resampled to the coarse spacing,
 in overlapping windows when it is larger than the coarse patch, and gives a coarse position per
-landmark. Stage 2 (the "fine" stage) resamples patches at the fine spacing centred on those
-positions, a few landmarks per patch when they fit, and decodes each landmark from its own channel
-in its own patch: the refined position and the confidence; with ``passes`` > 1 it runs again
-centred on its own positions. A shape-aligned fine stage fits the manifest's mean shape to the
+landmark. Each local stage after it ("fine", then the optional "refine" at a still finer spacing)
+resamples patches at its spacing centred on the previous stage's positions, a few landmarks per
+patch when they fit, and decodes each landmark from its own channel in its own patch: the refined
+position and the confidence; with ``passes`` > 1 it runs again centred on its own positions. The
+last stage's positions and confidences are the detection's, and its reliability signals are
+those of the detection. A shape-aligned local stage fits the manifest's mean shape to the
 positions found so far (`data.shape`) before each pass: its patches take the fitted pose, the
 outliers of the fit start from their fitted positions, and with ``shape_prior_mm`` each landmark's
 peak is chosen under a Gaussian prior around its fitted position (look-alikes such as a
@@ -51,7 +53,7 @@ from .tiling import PeakSelection, group_landmarks, plan_windows
 from .uncertainty import ErrorModel
 
 ProgressCallback = Callable[[str, float], None]
-# Share of the progress bar taken by the coarse stage when there are two stages.
+# Share of the progress bar taken by the coarse stage when local stages follow (they share the rest).
 COARSE_SHARE = 0.3
 GPU_BATCH_SIZE = 4
 
@@ -67,8 +69,8 @@ class Detection:
         timings: seconds per step: "<stage>_preprocessing" (resampling and intensity mapping),
             "<stage>_network", "<stage>_decoding" for each stage name, and "total".
         coarse_positions: (L, 3) LPS positions of the coarse stage, None without one.
-        signals: per-landmark reliability signals by name (see `uncertainty`); empty for a
-            single-stage model.
+        signals: per-landmark reliability signals by name (see `uncertainty`), from the last
+            stage; empty for a single-stage model.
     """
 
     landmarks: Landmarks
@@ -110,8 +112,8 @@ class Predictor:
     """Runs a model package's network on volumes of any orientation, spacing and size.
 
     Args:
-        net: the network, or a dict of networks by stage name (a two-stage package has one per
-            stage); ``net(x)`` maps (B, 1, X, Y, Z) to heatmaps (B, L, X/s, Y/s, Z/s) or
+        net: the network, or a dict of networks by stage name (a package of several stages has
+            one per stage); ``net(x)`` maps (B, 1, X, Y, Z) to heatmaps (B, L, X/s, Y/s, Z/s) or
             proposals (B, X/4, Y/4, Z/4, A, 3 + L); ``net.output_stride`` is s.
         manifest: the package manifest (validated here): landmarks, preprocessing, threshold.
         device: "auto" (cuda, mps, cpu), "cuda", "mps" or "cpu".
@@ -184,11 +186,14 @@ class Predictor:
         timings: dict[str, float] = defaultdict(float)
         reporter.report("start", 0.0)
         coarse_positions, signals = None, {}
-        if len(self.stages) == 2:
-            coarse = self._whole_volume(volume, self.stages[0], reporter, (0.0, COARSE_SHARE), timings)
-            coarse_positions = coarse.positions
-            before, final, spread = self._refine(volume, self.stages[1], coarse, reporter, (COARSE_SHARE, 1.0),
-                                                 timings)
+        if len(self.stages) > 1:
+            final = self._whole_volume(volume, self.stages[0], reporter, (0.0, COARSE_SHARE), timings)
+            coarse_positions = final.positions
+            local = self.stages[1:]
+            share = (1.0 - COARSE_SHARE) / len(local)
+            for number, stage in enumerate(local):
+                span = (COARSE_SHARE + number * share, COARSE_SHARE + (number + 1) * share)
+                before, final, spread = self._refine(volume, stage, final, reporter, span, timings)
             signals = self._signals(before, final, spread)
         else:
             final = self._whole_volume(volume, self.stages[0], reporter, (0.0, 1.0), timings)
@@ -208,7 +213,7 @@ class Predictor:
         return Detection(landmarks, self.model_id, self.model_version, dict(timings), coarse_positions, signals)
 
     def _signals(self, before: _Peaks, final: _Peaks, spread: np.ndarray | None) -> dict[str, np.ndarray]:
-        """Per-landmark reliability signals of a two-stage detection (see `uncertainty`)."""
+        """Per-landmark reliability signals of the last stage of a detection (see `uncertainty`)."""
         residual = np.full(len(self.names), np.nan)
         if len(self.mean_shape):
             try:
@@ -247,17 +252,18 @@ class Predictor:
             reporter.report(name, _within(span, (done + len(batch)) / len(windows)))
         return _Peaks(selection.positions, selection.confidence)
 
-    def _refine(self, volume: Volume, stage: dict, coarse: _Peaks, reporter: _Progress,
+    def _refine(self, volume: Volume, stage: dict, start: _Peaks, reporter: _Progress,
                 span: tuple[float, float], timings: dict[str, float]) -> tuple[_Peaks, _Peaks, np.ndarray | None]:
-        """Run `stage` in patches centred on the coarse positions, `passes` times, each pass centred
-        on the previous one's positions; each landmark from its own channel. Returns the positions
-        before the last pass (the coarse ones with a single pass), after it (the median of its
-        test-time rotations when it has some) and the rotations' spread (None without)."""
+        """Run the local `stage` in patches centred on the previous stage's positions `start`,
+        `passes` times, each pass centred on the previous one's positions; each landmark from its
+        own channel. Returns the positions before the last pass (`start` with a single pass), after
+        it (the median of its test-time rotations when it has some) and the rotations' spread
+        (None without)."""
         orientation = stage.get("orientation", self.orientation)
         direction = None if orientation == "shape-aligned" else stage_direction(volume, orientation)
         passes, rotations = int(stage.get("passes", 1)), int(stage.get("tta_rotations", 0))
         share = (span[1] - span[0]) / (passes + rotations)
-        found, expected = coarse, None
+        found, expected = start, None
         for number in range(passes):
             before = found
             pass_span = (span[0] + number * share, span[0] + (number + 1) * share)

@@ -1,9 +1,10 @@
 """Expected error per detected point: a log-linear model of signals the detection gives for free.
 
-Signals (per landmark, all from one detection, no ground truth):
+Signals (per landmark, all from one detection and its last stage, no ground truth):
 
-- ``pass_shift_mm``: how far the last fine pass moved the point from the pass before it (from
-  the coarse position with a single pass): a point that still moves has not settled;
+- ``pass_shift_mm``: how far the last pass of the last stage moved the point from the pass before
+  it (from the previous stage's position with a single pass): a point that still moves has not
+  settled;
 - ``shape_residual_mm``: distance from the point to where the model's mean shape, fitted to all
   found points, puts it: a point off the skull's shape is suspect;
 - ``tta_spread_mm`` (with test-time rotations): median distance of the tilted passes' positions

@@ -25,6 +25,10 @@ MEAN_SHAPE_DECIMALS = 4
 # and voxels per network input (the largest benchmarked input is 256 x 256 x 128).
 MAX_PARAMETERS = 1_000_000_000
 MAX_PATCH_VOXELS = 256 ** 3
+# A model's stages: one stage run over the whole volume, or a coarse stage over the whole volume
+# and then local stages, each in patches centred on the positions of the stage before it.
+STAGE_SEQUENCES = (("coarse",), ("fine",), ("coarse", "fine"), ("coarse", "fine", "refine"))
+LOCAL_STAGES = ("fine", "refine")
 
 
 @dataclass(frozen=True)
@@ -169,20 +173,20 @@ def _intensity_problem(manifest: dict) -> tuple[str, str] | None:
 def _stages_problem(manifest: dict) -> tuple[str, str] | None:
     preprocessing = manifest["preprocessing"]
     stages = preprocessing["stages"]
-    names = [stage["name"] for stage in stages]
-    if len(names) == 2 and names != ["coarse", "fine"]:
-        return "preprocessing.stages", "must list the coarse stage first and the fine stage second"
+    problem = _stage_order_problem([stage["name"] for stage in stages])
+    if problem:
+        return "preprocessing.stages", problem
     for index, stage in enumerate(stages):
         where = f"preprocessing.stages[{index}]"
         voxels = math.prod(stage["patch_size"])
         if voxels > MAX_PATCH_VOXELS:
             return f"{where}.patch_size", (f"asks for {voxels:,} voxels per network input; at most "
                                            f"{MAX_PATCH_VOXELS:,} (256 × 256 × 256) are accepted")
-        if stage.get("orientation") == "shape-aligned" and stage["name"] != "fine":
-            return f"{where}.orientation", "may be shape-aligned only for the fine stage"
+        if stage.get("orientation") == "shape-aligned" and stage["name"] not in LOCAL_STAGES:
+            return f"{where}.orientation", "may be shape-aligned only for the fine stage or the refine stage"
         for key in ("passes", "tta_rotations", "tta_degrees"):
-            if key in stage and stage["name"] != "fine":
-                return f"{where}.{key}", "applies only to the fine stage"
+            if key in stage and stage["name"] not in LOCAL_STAGES:
+                return f"{where}.{key}", "applies only to the fine stage or the refine stage"
         if "shape_prior_mm" in stage and stage.get("orientation") != "shape-aligned":
             return f"{where}.shape_prior_mm", "applies only to a shape-aligned stage"
         if "shape_prior_mm" in stage and manifest["architecture"].get("head", "heatmap") != "heatmap":
@@ -199,12 +203,23 @@ def _stages_problem(manifest: dict) -> tuple[str, str] | None:
     return None
 
 
+def _stage_order_problem(names: list[str]) -> str | None:
+    """What is wrong with the order of the stages `names`, if anything (see STAGE_SEQUENCES)."""
+    if tuple(names) in STAGE_SEQUENCES:
+        return None
+    if "refine" in names and names[:names.index("refine")] != ["coarse", "fine"]:
+        return "has a refine stage without a coarse and a fine stage before it (it starts from the fine positions)"
+    if len(names) == 2:
+        return "must list the coarse stage first and the fine stage second"
+    return "must list the coarse stage first, the fine stage second and the refine stage third"
+
+
 def _uncertainty_problem(manifest: dict) -> tuple[str, str] | None:
     uncertainty = manifest.get("uncertainty")
     if uncertainty is None:
         return None
-    if len(manifest["preprocessing"]["stages"]) != 2:
-        return "uncertainty", "needs a two-stage model (its signals come from the fine stage)"
+    if len(manifest["preprocessing"]["stages"]) < 2:
+        return "uncertainty", "needs a fine stage after the coarse one (its signals come from the last stage)"
     expected = len(uncertainty["features"]) + 1
     if len(uncertainty["coefficients"]) != expected:
         return "uncertainty.coefficients", f"must hold {expected} numbers (an intercept and one per feature)"

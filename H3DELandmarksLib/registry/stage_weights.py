@@ -1,9 +1,9 @@
 """How a package stores its stages' weights in one safetensors file.
 
 A package whose keys are plain state-dict keys holds one network, used by every stage (imported
-reference checkpoints are like this). A two-stage package may instead hold one network per stage,
-of the manifest's one architecture: stage ``coarse`` under ``coarse.<key>`` and stage ``fine``
-under ``fine.<key>``.
+reference checkpoints are like this). A package of several stages may instead hold one network per
+stage, of the manifest's one architecture, each under its stage's name: ``coarse.<key>``,
+``fine.<key>`` (and ``refine.<key>``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def split_stage_state_dicts(manifest: dict, state: dict[str, torch.Tensor], sour
 
 
 def join_stage_state_dicts(networks: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Inverse of `split_stage_state_dicts`: one flat state dict, prefixed when there are two stages."""
+    """Inverse of `split_stage_state_dicts`: one flat state dict, prefixed when there are several stages."""
     if len(networks) == 1:
         return dict(next(iter(networks.values())))
     return {f"{stage}.{key}": value for stage, state in networks.items() for key, value in state.items()}

@@ -1,4 +1,4 @@
-"""The training configuration: one JSON file describes a whole (one- or two-stage) model.
+"""The training configuration: one JSON file describes a whole (one-, two- or three-stage) model.
 
 Sections (config.schema.json beside this module states every key, its type and range; unknown
 keys are errors naming the key):
@@ -6,13 +6,14 @@ keys are errors naming the key):
 - ``model``: id, version, title, description, modality, license, citation, confidence_threshold.
 - ``landmarks``: ``"from data"`` (names and descriptions of the first training case) or a list
   of names or of ``{"name", "description"}`` objects.
-- ``architecture``: ``base`` ("default" or "reference") plus any `H3DEConfig` field; both stages
-  use this architecture (the manifest holds one), each its own weights.
+- ``architecture``: ``base`` ("default" or "reference") plus any `H3DEConfig` field; every stage
+  uses this architecture (the manifest holds one), each its own weights.
 - ``preprocessing``: ``orientation`` ("canonical" or "native") and ``intensity`` (clip_min,
   clip_max, scale_min, scale_max), exactly as the manifest will state them.
 - ``augmentation``: `AugmentationSettings` fields; a stage may override some of them.
-- ``stages``: one or two of ``coarse`` then ``fine``, see `StageConfig`; a shape-aligned fine
-  stage puts the mean shape of the training landmarks into the manifest.
+- ``stages``: ``coarse``, ``fine``, ``coarse`` then ``fine``, or ``coarse``, ``fine`` then
+  ``refine``, see `StageConfig`; a shape-aligned stage puts the mean shape of the training
+  landmarks into the manifest.
 - ``data``: ``layout`` ("generic", "mmld" or "phantom"), ``root`` (or ``--data``), ``validation``
   (``fraction``, ``cases``, ``only_where``, or ``training_cases``: true to validate on the training
   cases themselves when there are too few to hold any out), ``absent`` ({case: [landmark, ...]} treated as
@@ -37,7 +38,7 @@ from ..data.shape import MIN_FIT_POINTS
 from ..errors import H3DEError, ModelPackageError
 from ..json_document import read_json_document
 from ..model.config import H3DEConfig, default_config, reference_config
-from ..registry.manifest import Manifest, validate_manifest
+from ..registry.manifest import LOCAL_STAGES, STAGE_SEQUENCES, Manifest, validate_manifest
 from ..registry.schema import first_problem
 from .targets import HeatmapTarget
 
@@ -58,30 +59,33 @@ class StageConfig:
     """One stage: its grid, its optimisation and its target.
 
     Attributes:
-        name: "coarse" (whole volume at `spacing_mm`, crops of `patch_size` when larger) or
-            "fine" (patches centred near a landmark).
+        name: "coarse" (whole volume at `spacing_mm`, crops of `patch_size` when larger), or a
+            local stage: "fine" (patches centred near a landmark; at inference on the coarse
+            positions) or "refine" (the same, at inference on the fine positions: a finer grid
+            for the fine stage's residual error).
         spacing_mm, patch_size: the stage's grid, as the manifest states it (i, j, k).
         epochs: most epochs; `patience` epochs without a lower validation loss stop earlier.
         samples_per_epoch: training patches per epoch (0: one per training case, or
-            `patches_per_case` per case for the fine stage).
-        patches_per_case: fine-stage patches per case and epoch when samples_per_epoch is 0.
+            `patches_per_case` per case for a local stage).
+        patches_per_case: local-stage patches per case and epoch when samples_per_epoch is 0.
         batch_size, lr, weight_decay, warmup_epochs, min_lr_fraction, gradient_clip: AdamW with
             linear warm-up then cosine decay to lr x min_lr_fraction.
         loss: "adaptive_wing", "weighted_mse", "hnm" (published) or "proposals" (proposal head).
         sigma: Gaussian target width, voxels of the output map.
         radius: published target radius R, voxels of the output map.
-        centre_jitter: fine stage: the patch centre lies uniformly within +/- this fraction of
+        centre_jitter: local stage: the patch centre lies uniformly within +/- this fraction of
             the patch extent of the landmark along each axis (inference centres a patch on a
-            group of coarse positions kept in its middle half, plus the coarse error).
-        validation_landmarks: fine stage: landmarks per validation case (0: all).
+            group of the previous stage's positions kept in its middle half, plus that stage's
+            error).
+        validation_landmarks: local stage: landmarks per validation case (0: all).
         augmentation: overrides of the model's augmentation settings for this stage.
         orientation: the stage's patch axes when not the model's orientation; "shape-aligned"
-            (fine stage): the axes of the training landmarks' mean shape fitted to each case.
-        passes: fine stage: patches run this many times at inference, each pass centred on the
+            (local stage): the axes of the training landmarks' mean shape fitted to each case.
+        passes: local stage: patches run this many times at inference, each pass centred on the
             previous pass's positions.
         shape_prior_mm: shape-aligned stage: width of the Gaussian prior around each landmark's
             fitted position under which the predictor chooses its peak.
-        tta_rotations, tta_degrees: fine stage: test-time rotations of the last pass (count and
+        tta_rotations, tta_degrees: local stage: test-time rotations of the last pass (count and
             tilt); the positions are their median.
 
     `passes`, `shape_prior_mm` and the test-time rotations only tell the predictor how to run the stage: they go into the
@@ -126,6 +130,11 @@ class StageConfig:
         if self.tta_rotations:
             entry.update(tta_rotations=self.tta_rotations, tta_degrees=self.tta_degrees)
         return entry
+
+    @property
+    def local(self) -> bool:
+        """Whether the stage works in patches centred near landmarks (fine, refine)."""
+        return self.name in LOCAL_STAGES
 
     @property
     def heatmap_target(self) -> HeatmapTarget | None:
@@ -228,9 +237,9 @@ def _stage(stage: dict, source: str, index: int) -> StageConfig:
 
 
 def _check_consistency(config: TrainingConfig, source: str) -> None:
-    names = [stage.name for stage in config.stages]
-    if names not in (["coarse"], ["fine"], ["coarse", "fine"]):
-        raise TrainingConfigError(f"{source}: stages must be a coarse stage, a fine stage, or coarse then fine.")
+    if tuple(stage.name for stage in config.stages) not in STAGE_SEQUENCES:
+        raise TrainingConfigError(f"{source}: stages must be a coarse stage, a fine stage, coarse then fine, or "
+                                  "coarse, fine then refine (a refine stage starts from the fine positions).")
     try:
         network = config.network_config(MIN_FIT_POINTS)
         for stage in config.stages:
@@ -247,7 +256,7 @@ def _check_consistency(config: TrainingConfig, source: str) -> None:
     if len(peaks) > 1:
         raise TrainingConfigError(
             f"{source}: the stages' losses give heatmaps of different peaks; the manifest holds one heatmap_peak, "
-            "so use the published hnm loss in both stages or a Gaussian loss in both."
+            "so use the published hnm loss in every stage or a Gaussian loss in every stage."
         )
     probe = Manifest(
         id=config.model["id"], version=config.model["version"], title=config.model["title"],

@@ -247,8 +247,8 @@ class _StageTrainer:
                                     config.stage_augmentation(self.stage),
                                     data.mean_shape if self.stage.orientation == "shape-aligned" else None)
         self.cases = [case for case in data.train_cases
-                      if self.stage.name != "fine" or data.case(case)[1].present.any()]
-        per_case = self.stage.patches_per_case if self.stage.name == "fine" else 1
+                      if not self.stage.local or data.case(case)[1].present.any()]
+        per_case = self.stage.patches_per_case if self.stage.local else 1
         self.samples_per_epoch = self.stage.samples_per_epoch or len(self.cases) * per_case
         self.steps_per_epoch = math.ceil(self.samples_per_epoch / self.stage.batch_size)
         self.total_steps = self.stage.epochs * self.steps_per_epoch

@@ -1,6 +1,6 @@
 """The model package a training run produces: manifest.json + model.safetensors.
 
-How two stages share one package is defined in `H3DELandmarksLib.registry.stage_weights`.
+How the stages share one package is defined in `H3DELandmarksLib.registry.stage_weights`.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ its intensities are mapped with the manifest's `IntensityMap`. Training patches 
 - coarse: the patch is centred on the volume's centre, as the predictor's window is when the
   volume fits; when it does not (or a rotation pushes landmarks out) the patch moves, randomly
   where several positions keep every present landmark inside.
-- fine: the patch is centred on a present landmark plus a uniform jitter of +/- `centre_jitter`
-  of the patch extent per axis; every landmark inside gets its target.
+- a local stage (fine, refine): the patch is centred on a present landmark plus a uniform
+  jitter of +/- `centre_jitter` of the patch extent per axis; every landmark inside gets its target.
 
 A `Sample` holds the network input (X, Y, Z) = (i, j, k) and the landmarks in its voxels.
 """
@@ -47,7 +47,7 @@ class Sample:
         points: (L, 3) landmark positions in input voxels (i, j, k); NaN where unknown.
         present: (L,) bool, present in the case and inside the patch.
         spacing: (3,) mm per input voxel along X, Y, Z.
-        focus: the landmark the patch was centred on (fine stage), else None.
+        focus: the landmark the patch was centred on (local stage), else None.
         weights: (L,) training weight of each landmark: its confidence where known (a
             pseudo-label's reliability), else 1 (a hand-placed point).
     """
@@ -86,7 +86,7 @@ class StageSampler:
     def training_sample(self, volume: Volume, landmarks: Landmarks, rng: np.random.Generator) -> Sample:
         """A randomly placed, augmented patch of the case."""
         grid = self._grid(volume, landmarks)
-        if self.stage.name == "fine":
+        if self.stage.local:
             focus = int(rng.choice(np.flatnonzero(landmarks.present)))
             transform = random_transform(rng, self.augmentation, landmarks.positions[focus])
             transform = transform.shifted(grid.direction @ self._jitter(rng, grid))
@@ -101,9 +101,9 @@ class StageSampler:
 
     def validation_samples(self, volume: Volume, landmarks: Landmarks, seed: int) -> list[Sample]:
         """Fixed patches of the case: the centred one (coarse), or one per landmark centred
-        near it with a jitter drawn from `seed` (fine; the first `validation_landmarks`)."""
+        near it with a jitter drawn from `seed` (local stage; the first `validation_landmarks`)."""
         grid = self._grid(volume, landmarks)
-        if self.stage.name != "fine":
+        if not self.stage.local:
             return [self._sample(volume, landmarks, PatchTransform.identity(self._volume_centre(volume)), grid, None)]
         focuses = np.flatnonzero(landmarks.present)
         if self.stage.validation_landmarks:
