@@ -27,8 +27,8 @@ SUBCOMMANDS = {
     "info": ("info", "show size, spacing, origin, direction and intensity range of volumes"),
     "models": ("models", "list, show, download, verify and remove models"),
     "serve": ("serve", "review and correct landmarks in a browser (needs the web extra)"),
-    "train": ("train", "train a model (coarse, fine and optional refine stages) from annotated data, a recipe "
-                       "file or a model to fine-tune"),
+    "train": ("train", "train a model (coarse and fine stages) from annotated data, a recipe file or a model "
+                       "to fine-tune"),
 }
 
 
