@@ -15,7 +15,13 @@ from H3DELandmarksLib.registry import read_package
 from H3DELandmarksLib.training.config import parse_training_config
 from H3DELandmarksLib.training.initialization import load_initial_model
 from H3DELandmarksLib.training.loop import TrainingResult
-from H3DELandmarksLib.training.recipe import DataSummary, derive_recipe, merge_recipe, model_id_for
+from H3DELandmarksLib.training.recipe import (
+    CPU_SECONDS_PER_SAMPLE,
+    DataSummary,
+    derive_recipe,
+    merge_recipe,
+    model_id_for,
+)
 from builders_training import QUICK
 
 
@@ -49,7 +55,7 @@ def test_recipe_follows_pose_landmark_count_and_budget():
     full = derive_recipe(summary(), "m")
     assert [stage["epochs"] for stage in quick["stages"]] < [stage["epochs"] for stage in full["stages"]]
     planned = 24 * quick["stages"][0]["epochs"] + 24 * 8 * quick["stages"][1]["epochs"]
-    assert planned * 0.14 <= 10 * 60
+    assert planned * CPU_SECONDS_PER_SAMPLE <= 10 * 60
     few = derive_recipe(summary(cases=["a", "b"]), "m")
     assert few["data"]["validation"] == {"training_cases": True}
     parse_training_config(few)
