@@ -38,15 +38,20 @@ def load_bench():
     return module
 
 
-@pytest.mark.slow
-def test_every_reported_case_is_predicted_by_a_model_that_never_saw_it(tmp_path, capsys):
-    data = tmp_path / "data"
+def write_dataset(data: Path) -> Path:
+    """Six phantom cases: p0-p3 exact (reported), p4 and p5 refined (always train)."""
     kinds = {f"p{seed}": "exact" if seed < 4 else "refined" for seed in range(6)}
     for seed, case in enumerate(kinds):
         volume, landmarks = make_phantom(seed, size=(32, 32, 32), spacing=4.0)
         write_volume(volume, data / "volumes" / f"{case}.nrrd")
         write_landmarks(data / "landmarks" / f"{case}.mrk.json", landmarks)
     (data / "cases.csv").write_text("case,landmarks\n" + "".join(f"{c},{k}\n" for c, k in kinds.items()))
+    return data
+
+
+@pytest.mark.slow
+def test_every_reported_case_is_predicted_by_a_model_that_never_saw_it(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data")
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
     bench = load_bench()
@@ -83,13 +88,7 @@ def test_every_reported_case_is_predicted_by_a_model_that_never_saw_it(tmp_path,
 
 @pytest.mark.slow
 def test_a_refine_stage_from_recipe_overrides_gets_its_settings_chosen_after_the_fine_stage(tmp_path):
-    data = tmp_path / "data"
-    kinds = {f"p{seed}": "exact" if seed < 4 else "refined" for seed in range(6)}
-    for seed, case in enumerate(kinds):
-        volume, landmarks = make_phantom(seed, size=(32, 32, 32), spacing=4.0)
-        write_volume(volume, data / "volumes" / f"{case}.nrrd")
-        write_landmarks(data / "landmarks" / f"{case}.mrk.json", landmarks)
-    (data / "cases.csv").write_text("case,landmarks\n" + "".join(f"{c},{k}\n" for c, k in kinds.items()))
+    data = write_dataset(tmp_path / "data")
     recipe, overrides = tmp_path / "recipe.json", tmp_path / "refine.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
     refine = {**TINY_RECIPE["stages"][1], "name": "refine", "spacing_mm": 2.0, "centre_jitter": 0.1}

@@ -21,6 +21,7 @@ import numpy as np
 from H3DELandmarksLib.data.landmark_files import read_landmarks
 from H3DELandmarksLib.data.landmarks import Landmarks
 from H3DELandmarksLib.evaluation.comparison import read_error_table
+from H3DELandmarksLib.evaluation.metrics import radial_errors
 
 TIMING_FILE = "timing.json"
 # baseline table, its name, and the runs (or references) used by none of the evaluated cases, by shots
@@ -36,9 +37,7 @@ OTHER_STEPS = {"detect_from_s": "h3de detect with the --from model (benchmark on
 
 def case_error(landmarks: Landmarks, atlas: Path, case: str) -> float:
     """Mean radial error in mm of `landmarks` against the atlas truth of `case` (its present points)."""
-    truth = read_landmarks(atlas / "landmarks" / f"{case}.mrk.json")
-    found = landmarks.reordered(truth.names)
-    return float(np.mean(np.linalg.norm(found.positions - truth.positions, axis=1)[truth.present & found.has_position]))
+    return float(np.nanmean(radial_errors(landmarks, read_landmarks(atlas / "landmarks" / f"{case}.mrk.json"))))
 
 
 def folder_errors(folder: Path, atlas: Path, cases: list[str]) -> dict[str, float]:

@@ -61,8 +61,9 @@ from .pseudo_labels import (
 )
 from .recipe import DataSummary, summarize_data
 
-# Measured on the mouse atlas (bench/fewshot_mouse.py, 2 threads, 2-core CPU): seconds to register
-# one reference onto one scan (12-27 s, mean 17 s) and to re-label one scan with a round's model.
+# Planning costs on 2 threads of a 2-core CPU, from the mouse atlas (bench/fewshot_mouse.py): seconds
+# to register one reference onto one scan (17 s per pair on the idle machine) and to re-label one
+# scan with a round's model (h3de detect took 2.0 s per scan; 3 s leaves room for loading it).
 SECONDS_PER_PAIR = 17.0
 SECONDS_PER_RELABEL = 3.0
 STATE_FILE = "fewshot.json"
