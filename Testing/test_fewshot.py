@@ -71,6 +71,26 @@ def test_fusion_takes_the_median_and_its_spread_as_reliability():
     assert not nowhere.landmarks.present[0]
 
 
+def test_relabelling_weighs_the_model_against_each_label_by_their_expected_errors():
+    names = ["a", "b", "c", "d"]
+    positions = np.zeros((4, 3))
+    before = Landmarks(names, positions, np.array([True, True, True, False]), np.ones(4), ["", "", "", ""],
+                       np.array([0.1, 0.3, np.nan, np.nan]))
+    found = Landmarks(names, np.tile([[1.0, 0.0, 0.0]], (4, 1)), np.array([True, True, True, True]),
+                      np.full(4, 0.9))
+    target = pseudo_labels.Target("scan", "digest", lambda: None)
+    after = pseudo_labels.model_labels(lambda volume: found, [target], {"scan": before}, model_error_mm=0.3,
+                                       scale_mm=0.2, progress=False)["scan"]
+    np.testing.assert_allclose(after.positions[:, 0], [0.1, 0.5, 0.5, 1.0])
+    np.testing.assert_allclose(after.expected_error, [np.sqrt(0.09 * 0.1), np.sqrt(0.045), np.sqrt(0.045), 0.3])
+    np.testing.assert_allclose(after.confidence, reliability(after.expected_error, 0.2))
+    assert after.present.all()
+    absent = Landmarks(names, np.full((4, 3), np.nan), np.zeros(4, bool), np.full(4, np.nan))
+    kept = pseudo_labels.model_labels(lambda volume: absent, [target], {"scan": before}, 0.3, 0.2, False)["scan"]
+    np.testing.assert_allclose(kept.positions[:3], positions[:3])
+    assert list(kept.present) == [True, True, True, False]
+
+
 def write_dataset(root: Path, annotated: list[int], unannotated: list[int]) -> Path:
     for seed in annotated + unannotated:
         volume, landmarks = make_phantom(seed, size=(32, 32, 32), spacing=4.0)
@@ -113,6 +133,12 @@ def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, c
     assert manifest["training"]["few_shot"]["references"] == ["p1"]
     assert manifest["training"]["few_shot"]["pseudo_labelled_cases"] == ["p2", "p3"]
     assert sorted(manifest["training"]["data"]["pseudo_labelled_cases"]) == ["p2", "p3"]
+    first, second = (read_package(output / "rounds" / str(number) / "package").manifest["training"]["recipe"]
+                     for number in (1, 2))
+    assert manifest["training"]["recipe"] == first
+    for full, gentle in zip(first["stages"], second["stages"]):
+        assert gentle["lr"] == pytest.approx(0.3 * full["lr"])
+        assert gentle["epochs"] == max(1, round(full["epochs"] / 3))
     assert main(["detect", str(data / "volumes" / "p2.nrrd"), "--model", str(output / "package"),
                  "--out", str(tmp_path / "found"), "--progress", "none", "--threads", "1"]) == 0
     assert len(read_landmarks(tmp_path / "found" / "p2.mrk.json")) == len(labels)
@@ -134,11 +160,11 @@ def test_round_budget_is_what_registration_and_relabelling_leave(tmp_path):
     output = tmp_path / "run"
     pairs = 2 * 3 * fewshot.SECONDS_PER_PAIR / 60
     relabel = 3 * fewshot.SECONDS_PER_RELABEL / 60
-    assert fewshot.round_minutes(source, settings, output, 60.0) == pytest.approx((60.0 - pairs - relabel) / 2)
+    assert fewshot.round_minutes(source, settings, output, 60.0) == pytest.approx((60.0 - pairs - relabel) / (4 / 3))
     stored = pseudo_labels._pair_path(output, source.unannotated_cases()[0], source.cases()[0])
     stored.parent.mkdir(parents=True)
     stored.write_text("{}")
     assert pseudo_labels.pending_pairs(output, source.unannotated_cases(), source.cases()) == 5
     assert fewshot.round_minutes(source, settings, output, 60.0) == pytest.approx(
-        (60.0 - pairs * 5 / 6 - relabel) / 2)
-    assert fewshot.round_minutes(source, settings, output, 1.0) == pytest.approx(1.0 / 20 / 2)
+        (60.0 - pairs * 5 / 6 - relabel) / (4 / 3))
+    assert fewshot.round_minutes(source, settings, output, 1.0) == pytest.approx(1.0 / 20 / (4 / 3))

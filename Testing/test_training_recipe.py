@@ -56,6 +56,11 @@ def test_recipe_follows_pose_landmark_count_and_budget():
     assert [stage["epochs"] for stage in quick["stages"]] < [stage["epochs"] for stage in full["stages"]]
     planned = 24 * quick["stages"][0]["epochs"] + 24 * 8 * quick["stages"][1]["epochs"]
     assert planned * CPU_SECONDS_PER_SAMPLE <= 10 * 60
+    coarse_first = derive_recipe(summary(), "m", max_minutes=20)
+    coarse_epochs, fine_epochs = (stage["epochs"] for stage in coarse_first["stages"])
+    assert coarse_epochs == full["stages"][0]["epochs"] or 24 * coarse_epochs * CPU_SECONDS_PER_SAMPLE <= 0.5 * 0.9 * 1200
+    assert fine_epochs < full["stages"][1]["epochs"]
+    assert coarse_epochs / full["stages"][0]["epochs"] > fine_epochs / full["stages"][1]["epochs"]
     few = derive_recipe(summary(cases=["a", "b"]), "m")
     assert few["data"]["validation"] == {"training_cases": True}
     parse_training_config(few)

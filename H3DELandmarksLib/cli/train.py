@@ -17,9 +17,10 @@ one model with DistributedDataParallel; rank 0 alone prints and writes files.
 When DIR has unannotated scans (volumes without a landmark file), or `--reference-template` is
 given, the run is few-shot (`training.fewshot`): the annotated cases (or the template) are
 registered onto the unannotated scans, the networks train on the pseudo-labels for `--rounds`
-rounds, each round's model re-labelling the scans for the next; a derived recipe then plans each
-round's epochs in an equal share of what `--max-minutes` leaves after the registration of the pairs
-not yet registered and the re-labelling (`fewshot.round_minutes`, from measured costs). A
+rounds, each round's model re-labelling the scans for the next; a derived recipe then plans the
+first round's epochs in what `--max-minutes` leaves after the registration of the pairs not yet
+registered and the re-labelling, less the later rounds, which train a third as long
+(`fewshot.round_minutes`, from measured costs). A
 few-shot run is one process (not under torchrun).
 """
 

@@ -7,10 +7,13 @@ template is given:
    unannotated scan and the estimates are fused into round-0 pseudo-labels, weighted by their
    reliability (`pseudo_labels`);
 2. round r trains the networks on the annotated plus pseudo-labelled cases (a few pseudo-labelled
-   cases validate, see `TrainingData`); round 1 starts from seeded random weights, every later
-   round from the previous round's weights;
-3. the round's model re-labels the unannotated scans; when the labels moved less than the
-   tolerance (median over points), or after the last round, training stops.
+   cases validate, see `TrainingData`); round 1 starts from seeded random weights with the full
+   recipe, every later round from the previous round's weights with a fine-tuning schedule (a
+   third of the epochs at 0.3 of the learning rate, `initialization.fine_tuning_stage`);
+3. the round's model re-labels the unannotated scans: each label moves toward the model's
+   position by the weight of their expected errors (`pseudo_labels.model_labels`; the model's is
+   its validation error, measured on held-out pseudo-labelled scans); when the labels moved less
+   than the tolerance (median over points), or after the last round, training stops.
 
 Run folder: ``registration/`` (per-pair cache), ``pseudo_labels/round-<r>/`` (the labels round
 r + 1 trains on), ``rounds/<r>/`` (each round's checkpoint, log and package), ``cache/`` (the cases,
@@ -43,8 +46,8 @@ from ..errors import CheckpointError
 from ..inference.predictor import Predictor
 from ..registry.package import read_package, write_package
 from ..registry.stage_weights import split_stage_state_dicts
-from .config import TrainingConfig, TrainingConfigError
-from .initialization import InitialModel
+from .config import TrainingConfig, TrainingConfigError, parse_training_config
+from .initialization import FINE_TUNING_EPOCH_FRACTION, FINE_TUNING_LR_FACTOR, InitialModel, fine_tuning_stage
 from .loop import CACHE_DIR, CHECKPOINT_FILE, PACKAGE_DIR, TrainingResult, train
 from .pseudo_labels import (
     Reference,
@@ -116,14 +119,16 @@ def few_shot_summary(source: GenericDataset, load: Callable[[str], tuple[Volume,
 
 def round_minutes(source: GenericDataset, settings: FewShotSettings, output: str | os.PathLike,
                   max_minutes: float) -> float:
-    """Minutes each round's training may plan within `max_minutes`: what is left after registering
-    the pairs not yet stored in `output` and re-labelling the unannotated scans between rounds,
-    shared by the rounds (at least a twentieth of the budget each)."""
+    """Minutes the first round's training may plan within `max_minutes`: what is left after
+    registering the pairs not yet stored in `output` and re-labelling the unannotated scans between
+    rounds (at least a twentieth of the budget), shared with the later rounds, which each train a
+    third as long."""
     references = [reference.name for reference in _references(source, settings)]
     scans = source.unannotated_cases()
     before = (pending_pairs(Path(output), scans, references) * SECONDS_PER_PAIR
               + (settings.rounds - 1) * len(scans) * SECONDS_PER_RELABEL) / 60.0
-    return max(max_minutes - before, max_minutes / 20.0) / settings.rounds
+    rounds = 1 + (settings.rounds - 1) * FINE_TUNING_EPOCH_FRACTION
+    return max(max_minutes - before, max_minutes / 20.0) / rounds
 
 
 def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_root: str | os.PathLike,
@@ -150,6 +155,7 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
     scale = settings.reliability_scale_mm or finest
     tolerance = settings.tolerance_mm if settings.tolerance_mm is not None else finest / 2
 
+    later = _later_round_config(config)
     labels = read_label_set(output / LABELS_DIR / "round-0", names)
     if labels is None:
         estimates = register_references(references, targets, names, output, registration, progress,
@@ -172,7 +178,7 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
         if progress:
             tqdm.write(f"Round {number}/{settings.rounds}: training on {len(source.cases())} annotated and "
                        f"{len(labels)} pseudo-labelled scans")
-        result = train(config, folder, data_root=data_root, device=device, threads=threads, max_minutes=remaining,
+        result = train(config if number == 1 else later, folder, data_root=data_root, device=device, threads=threads, max_minutes=remaining,
                        resume=(folder / CHECKPOINT_FILE).is_file(), overwrite=False, progress=progress,
                        command=command, initial=_previous_round(output, number, config, names, descriptions),
                        pseudo_labels=labels, cache_dir=output / CACHE_DIR)
@@ -181,7 +187,9 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
         stopped = number == settings.rounds
         if not stopped:
             predictor = Predictor.from_model(result.package, device=device, threads=threads)
-            updated = model_labels(lambda volume: predictor.predict(volume).landmarks, targets, labels, progress)
+            model_error = result.metrics.get(config.stages[-1].name, {}).get("val_mre_mm", scale)
+            updated = model_labels(lambda volume: predictor.predict(volume).landmarks, targets, labels, model_error,
+                                   scale, progress)
             moved = label_movement(labels, updated)
             write_label_set(output / LABELS_DIR / f"round-{number}", updated)
             labels = updated
@@ -196,9 +204,10 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
     package = output / PACKAGE_DIR
     built = read_package(result.package)
     manifest = dict(built.manifest)
-    manifest["training"] = {**manifest["training"], "few_shot": {
+    manifest["training"] = {**manifest["training"], "recipe": config.raw, "few_shot": {
         "references": [reference.name for reference in references], "pseudo_labelled_cases": unannotated,
         "rounds": state["rounds"], "label_movement_mm": state["movement_mm"],
+        "later_rounds": {"epoch_fraction": FINE_TUNING_EPOCH_FRACTION, "lr_factor": FINE_TUNING_LR_FACTOR},
         "registration": dataclasses.asdict(registration)}}
     write_package(package, manifest, built.state_dict(), overwrite=True)
     return TrainingResult(True, output, package, state["metrics"])
@@ -229,6 +238,14 @@ def _landmark_set(references: list[Reference]) -> tuple[list[str], list[str], La
     for reference in references[1:]:
         match_landmarks(reference.load()[1], names, reference.name)
     return names, list(first.descriptions), first
+
+
+def _later_round_config(config: TrainingConfig) -> TrainingConfig:
+    """`config` with every stage on the fine-tuning schedule (rounds after the first)."""
+    stages = [fine_tuning_stage({**raw, "epochs": stage.epochs, "lr": stage.lr, "patience": stage.patience})
+              for raw, stage in zip(config.raw["stages"], config.stages)]
+    raw = {**config.raw, "stages": stages}
+    return parse_training_config(raw, "the later rounds' recipe")
 
 
 def _previous_round(output: Path, number: int, config: TrainingConfig, names: list[str],

@@ -92,11 +92,16 @@ def fine_tuning_recipe(initial: InitialModel, data_section: dict, model_id: str)
     recipe["landmarks"] = [{"name": name, **({"description": text} if text else {})}
                            for name, text in zip(initial.names, initial.descriptions)]
     recipe["data"] = data_section
-    for stage in recipe["stages"]:
-        epochs = max(1, round(stage.get("epochs", 50) * FINE_TUNING_EPOCH_FRACTION))
-        stage.update(epochs=epochs, lr=stage.get("lr", 1e-3) * FINE_TUNING_LR_FACTOR, warmup_epochs=1,
-                     patience=min(stage.get("patience", 15), max(5, epochs // 2)))
+    recipe["stages"] = [fine_tuning_stage(stage) for stage in recipe["stages"]]
     return recipe
+
+
+def fine_tuning_stage(stage: dict) -> dict:
+    """A stage's schedule for training on from trained weights: a third of its epochs at 0.3 of
+    its learning rate, one warm-up epoch."""
+    epochs = max(1, round(stage.get("epochs", 50) * FINE_TUNING_EPOCH_FRACTION))
+    return {**stage, "epochs": epochs, "lr": stage.get("lr", 1e-3) * FINE_TUNING_LR_FACTOR, "warmup_epochs": 1,
+            "patience": min(stage.get("patience", 15), max(5, epochs // 2))}
 
 
 def _kept_channels(state: dict[str, torch.Tensor], keep: list[int]) -> dict[str, torch.Tensor]:

@@ -4,11 +4,15 @@
 with its landmarks) onto every unannotated scan (`data.registration`) and keeps each pair's
 carried-over landmarks in ``registration/<target>/<reference>.json`` of the run folder, keyed by
 both scans' fingerprints and the settings: a resumed or repeated run never registers a pair twice.
-`registration_labels` fuses them (`data.landmark_fusion`): the median position, and as the
-confidence (the training weight) the reliability of its spread. `model_labels` re-labels the scans
-with a trained model: its positions where it finds the landmark, with its confidence as the
-weight, the previous label elsewhere. Label sets are written as ``<case>.mrk.json`` files (the
-weight is each point's confidence) so that they open in Slicer.
+`registration_labels` fuses them (`data.landmark_fusion`): the median position, its spread as the
+label's expected error, and as the confidence (the training weight) the reliability of that
+spread. `model_labels` updates the labels with a trained model's positions: each point moves
+toward the model's position by inverse-variance weighting of the two expected errors (the
+label's, and the model's validation error), so a model less accurate than the registrations
+barely moves them; the label keeps the fused expected error and its reliability as the weight.
+Where the model reports the landmark absent, the previous label stays. Label sets are written as
+``<case>.mrk.json`` files (weight and expected error in each point's description) so that they
+open in Slicer.
 """
 
 from __future__ import annotations
@@ -110,32 +114,42 @@ def register_references(references: Sequence[Reference], targets: Sequence[Targe
 
 def registration_labels(names: Sequence[str], descriptions: Sequence[str],
                         estimates: dict[str, list[np.ndarray]], scale_mm: float) -> dict[str, Landmarks]:
-    """Fused registration estimates per case; confidence = reliability of the spread at `scale_mm`."""
+    """Fused registration estimates per case: expected error = the spread (NaN with one
+    estimate), confidence = its reliability at `scale_mm`."""
     labels = {}
     for case, points in estimates.items():
         fused = fuse_estimates(names, points)
         landmarks = fused.landmarks
         landmarks.descriptions = list(descriptions)
         landmarks.confidence = np.where(landmarks.present, reliability(fused.spread_mm, scale_mm), np.nan)
+        landmarks.expected_error = np.where(landmarks.present, fused.spread_mm, np.nan)
         labels[case] = landmarks
     return labels
 
 
 def model_labels(predict: Callable[[Volume], Landmarks], targets: Sequence[Target],
-                 previous: dict[str, Landmarks], progress: bool = True) -> dict[str, Landmarks]:
-    """The model's landmarks where it finds them (confidence kept as the weight); the previous
-    label where it reports the landmark absent."""
+                 previous: dict[str, Landmarks], model_error_mm: float, scale_mm: float,
+                 progress: bool = True) -> dict[str, Landmarks]:
+    """The labels moved toward the model's positions (see module notes); a label of unknown
+    expected error weighs as much as the model, one the model alone finds takes its position."""
     labels = {}
+    model_variance = max(model_error_mm, 1e-6) ** 2
     for target in tqdm(targets, disable=not progress, desc="re-labelling", unit="scan"):
         found = predict(target.load())
         before = previous[target.name].reordered(found.names)
+        known = np.full(len(found), np.nan) if before.expected_error is None else before.expected_error
+        label_variance = np.where(np.isfinite(known), known, model_error_mm) ** 2
+        pull = np.where(before.present, label_variance / (label_variance + model_variance), 1.0)
+        fused_error = np.sqrt(np.where(before.present, model_variance * pull, model_variance))
+        start = np.where(before.present[:, None], before.positions, found.positions)
         use = found.present
         labels[target.name] = Landmarks(
             names=list(found.names),
-            positions=np.where(use[:, None], found.positions, before.positions),
+            positions=np.where(use[:, None], start + pull[:, None] * (found.positions - start), before.positions),
             present=use | before.present,
-            confidence=np.where(use, found.confidence, before.confidence),
+            confidence=np.where(use, reliability(fused_error, scale_mm), before.confidence),
             descriptions=list(before.descriptions),
+            expected_error=np.where(use, fused_error, known),
         )
     return labels
 
