@@ -16,6 +16,8 @@ from H3DELandmarksLib.training.config import parse_training_config
 from H3DELandmarksLib.training.initialization import load_initial_model
 from H3DELandmarksLib.training.loop import TrainingResult
 from H3DELandmarksLib.training.recipe import (
+    BUDGET_SHARE,
+    COARSE_BUDGET_SHARE,
     CPU_SECONDS_PER_SAMPLE,
     DataSummary,
     derive_recipe,
@@ -58,8 +60,9 @@ def test_recipe_follows_pose_landmark_count_and_budget():
     assert planned * CPU_SECONDS_PER_SAMPLE <= 10 * 60
     coarse_first = derive_recipe(summary(), "m", max_minutes=20)
     coarse_epochs, fine_epochs = (stage["epochs"] for stage in coarse_first["stages"])
-    assert coarse_epochs == full["stages"][0]["epochs"] or 24 * coarse_epochs * CPU_SECONDS_PER_SAMPLE <= 0.5 * 0.9 * 1200
-    assert fine_epochs < full["stages"][1]["epochs"]
+    budget = BUDGET_SHARE * 20 * 60 / CPU_SECONDS_PER_SAMPLE
+    assert coarse_epochs < full["stages"][0]["epochs"] and 24 * (coarse_epochs + 1) > COARSE_BUDGET_SHARE * budget
+    assert 24 * coarse_epochs + 24 * 8 * fine_epochs <= budget < 24 * coarse_epochs + 24 * 8 * (fine_epochs + 1)
     assert coarse_epochs / full["stages"][0]["epochs"] > fine_epochs / full["stages"][1]["epochs"]
     few = derive_recipe(summary(cases=["a", "b"]), "m")
     assert few["data"]["validation"] == {"training_cases": True}

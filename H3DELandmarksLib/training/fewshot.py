@@ -178,8 +178,8 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
         if progress:
             tqdm.write(f"Round {number}/{settings.rounds}: training on {len(source.cases())} annotated and "
                        f"{len(labels)} pseudo-labelled scans")
-        result = train(config if number == 1 else later, folder, data_root=data_root, device=device, threads=threads, max_minutes=remaining,
-                       resume=(folder / CHECKPOINT_FILE).is_file(), overwrite=False, progress=progress,
+        result = train(config if number == 1 else later, folder, data_root=data_root, device=device,
+                       threads=threads, max_minutes=remaining, resume=(folder / CHECKPOINT_FILE).is_file(), overwrite=False, progress=progress,
                        command=command, initial=_previous_round(output, number, config, names, descriptions),
                        pseudo_labels=labels, cache_dir=output / CACHE_DIR)
         if not result.finished:
@@ -242,9 +242,7 @@ def _landmark_set(references: list[Reference]) -> tuple[list[str], list[str], La
 
 def _later_round_config(config: TrainingConfig) -> TrainingConfig:
     """`config` with every stage on the fine-tuning schedule (rounds after the first)."""
-    stages = [fine_tuning_stage({**raw, "epochs": stage.epochs, "lr": stage.lr, "patience": stage.patience})
-              for raw, stage in zip(config.raw["stages"], config.stages)]
-    raw = {**config.raw, "stages": stages}
+    raw = {**config.raw, "stages": [fine_tuning_stage(stage) for stage in config.raw["stages"]]}
     return parse_training_config(raw, "the later rounds' recipe")
 
 

@@ -18,7 +18,7 @@ import torch
 
 from ..registry import read_package
 from ..registry.stage_weights import split_stage_state_dicts
-from .config import TrainingConfigError
+from .config import StageConfig, TrainingConfigError
 
 FINE_TUNING_EPOCH_FRACTION = 1 / 3
 FINE_TUNING_LR_FACTOR = 0.3
@@ -99,9 +99,9 @@ def fine_tuning_recipe(initial: InitialModel, data_section: dict, model_id: str)
 def fine_tuning_stage(stage: dict) -> dict:
     """A stage's schedule for training on from trained weights: a third of its epochs at 0.3 of
     its learning rate, one warm-up epoch."""
-    epochs = max(1, round(stage.get("epochs", 50) * FINE_TUNING_EPOCH_FRACTION))
-    return {**stage, "epochs": epochs, "lr": stage.get("lr", 1e-3) * FINE_TUNING_LR_FACTOR, "warmup_epochs": 1,
-            "patience": min(stage.get("patience", 15), max(5, epochs // 2))}
+    epochs = max(1, round(stage.get("epochs", StageConfig.epochs) * FINE_TUNING_EPOCH_FRACTION))
+    return {**stage, "epochs": epochs, "lr": stage.get("lr", StageConfig.lr) * FINE_TUNING_LR_FACTOR,
+            "warmup_epochs": 1, "patience": min(stage.get("patience", StageConfig.patience), max(5, epochs // 2))}
 
 
 def _kept_channels(state: dict[str, torch.Tensor], keep: list[int]) -> dict[str, torch.Tensor]:
