@@ -3,8 +3,9 @@
 A training patch is a grid of `size` voxels (i, j, k) at `spacing` mm whose axes follow L, P, S,
 centred on a physical point c of the source volume. One random `PatchTransform` per sample maps
 patch point p to the source point ``T(p) = c + M (p + d(p) - c)``: M is a rotation times a
-scaling, d a smooth cubic B-spline displacement (the elastic part) defined over the patch. The
-image is resampled through T in one interpolation (SimpleITK); a landmark x goes the other way,
+scaling, d a smooth cubic B-spline displacement (the elastic part, a SimpleITK B-spline
+transform evaluated by `data.elastic`) defined over the patch. The image is resampled through T
+in one interpolation (SimpleITK, d as a field on the patch's voxels); a landmark x goes the other way,
 ``p + d(p) = c + M^-1 (x - c)``, solved by fixed-point iteration (d is small and smooth). With
 the identity transform the patch is exactly `resample_patch(volume, c, size, spacing)`.
 
@@ -20,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
+from .elastic import BSplineDisplacement
 from .resample import crop_or_pad_to_box
 from .volume import Volume
 
@@ -166,13 +168,12 @@ def points_to_patch(transform: PatchTransform, grid: PatchGrid, points_lps: np.n
     target = transform.centre + (points_lps - transform.centre) @ np.linalg.inv(transform.matrix).T
     patch_points = target.copy()
     if transform.elastic is not None:
-        bspline = _bspline(transform, grid)
+        displacement = BSplineDisplacement(_bspline(transform, grid))
         finite = np.all(np.isfinite(target), axis=1)
-        for row in np.flatnonzero(finite):
-            point = target[row]
-            for _ in range(INVERSE_ITERATIONS):
-                point = target[row] - _displacement(bspline, point)
-            patch_points[row] = point
+        points = target[finite]
+        for _ in range(INVERSE_ITERATIONS):
+            points = target[finite] - displacement.at_points(points)
+        patch_points[finite] = points
     return grid.point_to_index(transform.centre, patch_points)
 
 
@@ -181,8 +182,7 @@ def transform_points(transform: PatchTransform, grid: PatchGrid, patch_ijk: np.n
     patch_ijk = np.asarray(patch_ijk, float).reshape(-1, 3)
     points = grid.index_to_point(transform.centre, patch_ijk)
     if transform.elastic is not None:
-        bspline = _bspline(transform, grid)
-        points = points + np.array([_displacement(bspline, point) for point in points])
+        points = points + BSplineDisplacement(_bspline(transform, grid)).at_points(points)
     return transform.centre + (points - transform.centre) @ transform.matrix.T
 
 
@@ -207,7 +207,10 @@ def _sitk_transform(transform: PatchTransform, grid: PatchGrid) -> sitk.Transfor
     affine.SetCenter([float(c) for c in transform.centre])
     if transform.elastic is None:
         return affine
-    return sitk.CompositeTransform([affine, _bspline(transform, grid)])
+    origin = grid.origin(transform.centre)
+    elastic = BSplineDisplacement(_bspline(transform, grid)).field_transform(origin, grid.spacing, grid.size,
+                                                                              grid.direction)
+    return sitk.CompositeTransform([affine, elastic])
 
 
 def _bspline(transform: PatchTransform, grid: PatchGrid) -> sitk.BSplineTransform:
@@ -219,10 +222,6 @@ def _bspline(transform: PatchTransform, grid: PatchGrid) -> sitk.BSplineTransfor
     bspline = sitk.BSplineTransformInitializer(reference, [ELASTIC_MESH] * 3, 3)
     bspline.SetParameters([float(c) for c in transform.elastic.ravel()])
     return bspline
-
-
-def _displacement(bspline: sitk.BSplineTransform, point: np.ndarray) -> np.ndarray:
-    return np.asarray(bspline.TransformPoint([float(p) for p in point])) - point
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

@@ -77,15 +77,48 @@ def adaptive_wing_loss(prediction: torch.Tensor, target: torch.Tensor, alpha: fl
 
     Near the landmark (target near 1) small errors keep a large gradient, which sharpens the
     peaks; on the background (target 0) it behaves like |error|^2.1, so faint noise costs little.
+    The gradient is computed with the loss in one elementwise pass (`_AdaptiveWing`).
     """
-    prediction, target = prediction.float(), target.float()
-    error = (prediction - target).abs()
-    power = alpha - target
-    ratio = theta / epsilon
-    slope = omega / (1 + ratio**power) * power * ratio ** (power - 1) / epsilon
-    offset = theta * slope - omega * torch.log1p(ratio**power)
-    loss = torch.where(error < theta, omega * torch.log1p((error / epsilon) ** power), slope * error - offset)
-    return _weighted(loss * foreground_weights(target, foreground_weight), weights).mean()
+    dtype = torch.promote_types(prediction.dtype, torch.float32)
+    target = target.to(dtype)
+    scale = _weighted(foreground_weights(target, foreground_weight), weights)
+    return _AdaptiveWing.apply(prediction.to(dtype), target, scale, (alpha, omega, epsilon, theta))
+
+
+class _AdaptiveWing(torch.autograd.Function):
+    """mean(scale * AWing(prediction, target)) and its gradient with respect to the prediction.
+
+    Autograd through the formula keeps about ten full-size intermediates and evaluates tensor
+    powers again backwards; this forward computes the derivative alongside the loss instead.
+    """
+
+    @staticmethod
+    def forward(ctx, prediction: torch.Tensor, target: torch.Tensor, scale: torch.Tensor,
+                constants: tuple[float, float, float, float]) -> torch.Tensor:
+        alpha, omega, epsilon, theta = constants
+        difference = prediction - target
+        error = difference.abs()
+        power = alpha - target
+        ratio = theta / epsilon
+        ratio_power = ratio**power
+        slope = omega / (1 + ratio_power) * power * (ratio_power / ratio) / epsilon
+        near = error < theta
+        relative = error / epsilon
+        relative_power_less_one = relative ** (power - 1)
+        relative_power = relative_power_less_one * relative
+        loss = torch.where(near, omega * torch.log1p(relative_power),
+                           slope * error - (theta * slope - omega * torch.log1p(ratio_power)))
+        count = loss.numel()
+        if ctx.needs_input_grad[0]:
+            derivative = torch.where(near, omega * power * relative_power_less_one / (epsilon * (1 + relative_power)),
+                                     slope)
+            ctx.save_for_backward(derivative * torch.sign(difference) * scale / count)
+        return (loss * scale).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (gradient,) = ctx.saved_tensors
+        return gradient * grad_output, None, None, None
 
 
 def weighted_mse_loss(prediction: torch.Tensor, target: torch.Tensor, foreground_weight: float = 10.0,
@@ -103,11 +136,16 @@ def _weighted(loss: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
 
 
 def foreground_weights(target: torch.Tensor, weight: float) -> torch.Tensor:
-    """1 on the background, 1 + `weight` where the target exceeds 0.2 or touches such a voxel."""
-    shape = target.shape
-    foreground = (target > FOREGROUND_THRESHOLD).float().reshape(-1, 1, *shape[-3:])
-    dilated = F.max_pool3d(foreground, kernel_size=3, stride=1, padding=1).reshape(shape)
-    return 1.0 + weight * dilated
+    """1 on the background, 1 + `weight` where the target exceeds 0.2 or touches such a voxel
+    (a 3x3x3 neighbour; the dilation runs axis by axis, which `F.max_pool3d` does far slower)."""
+    dilated = target > FOREGROUND_THRESHOLD
+    for dim in (-3, -2, -1):
+        grown = dilated.clone()
+        size = dilated.shape[dim]
+        grown.narrow(dim, 1, size - 1).logical_or_(dilated.narrow(dim, 0, size - 1))
+        grown.narrow(dim, 0, size - 1).logical_or_(dilated.narrow(dim, 1, size - 1))
+        dilated = grown
+    return 1.0 + weight * dilated.to(target.dtype)
 
 
 def proposal_loss(prediction: torch.Tensor, targets: list[ProposalTargets], hard_negatives: int = 256,
