@@ -13,6 +13,7 @@ from H3DELandmarksLib.data.phantom import make_phantom
 from H3DELandmarksLib.data.volume_io import write_volume
 from H3DELandmarksLib.registry import read_package
 from H3DELandmarksLib.training.config import parse_training_config
+from H3DELandmarksLib.training.data import pseudo_labelled_validation_count
 from H3DELandmarksLib.training.initialization import load_initial_model
 from H3DELandmarksLib.training.loop import TrainingResult
 from H3DELandmarksLib.training.recipe import (
@@ -67,6 +68,16 @@ def test_recipe_follows_pose_landmark_count_and_budget():
     few = derive_recipe(summary(cases=["a", "b"]), "m")
     assert few["data"]["validation"] == {"training_cases": True}
     parse_training_config(few)
+
+
+def test_a_few_shot_recipe_plans_for_the_scans_its_split_trains():
+    """5 annotated and 38 pseudo-labelled scans: 4 of the latter validate, 39 scans train."""
+    cases = [f"case{number}" for number in range(43)]
+    assert pseudo_labelled_validation_count(38, 0.2) == 4 and pseudo_labelled_validation_count(2, 0.0) == 1
+    recipe = derive_recipe(summary(cases=cases, pseudo_labelled=38), "m", max_minutes=60)
+    coarse_epochs, fine_epochs = (stage["epochs"] for stage in recipe["stages"])
+    budget = BUDGET_SHARE * 60 * 60 / CPU_SECONDS_PER_SAMPLE
+    assert 39 * coarse_epochs + 39 * 8 * fine_epochs <= budget < 39 * coarse_epochs + 39 * 8 * (fine_epochs + 1)
 
 
 def test_partial_recipe_overrides_by_key_and_stage_name():

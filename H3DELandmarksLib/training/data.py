@@ -114,6 +114,12 @@ class TrainingData:
         }
 
 
+def pseudo_labelled_validation_count(pseudo_labelled: int, fraction: float) -> int:
+    """How many of a few-shot run's pseudo-labelled scans validate: `fraction` of them, at least
+    1 and at most `MAX_PSEUDO_LABELLED_VALIDATION`, and never all of them."""
+    return max(0, min(pseudo_labelled - 1, MAX_PSEUDO_LABELLED_VALIDATION, max(1, round(fraction * pseudo_labelled))))
+
+
 def _pseudo_labelled_split(config: TrainingConfig, data_root,
                            pseudo_labelled: list[str]) -> tuple[CaseSource, list[str], list[str]]:
     """Annotated cases (all but ``test`` ones) and pseudo-labelled ones train; validation cases
@@ -133,9 +139,8 @@ def _pseudo_labelled_split(config: TrainingConfig, data_root,
             raise TrainingConfigError(f"Validation case {unknown[0]!r} is not in the dataset.")
         held_out = sorted(named)
     else:
-        count = min(len(pseudo_labelled) - 1, MAX_PSEUDO_LABELLED_VALIDATION,
-                    max(1, round(validation.get("fraction", 0.0) * len(pseudo_labelled))))
-        chosen = np.random.default_rng(config.seed).permutation(len(pseudo_labelled))[:max(count, 0)]
+        count = pseudo_labelled_validation_count(len(pseudo_labelled), validation.get("fraction", 0.0))
+        chosen = np.random.default_rng(config.seed).permutation(len(pseudo_labelled))[:count]
         held_out = sorted(pseudo_labelled[index] for index in chosen)
     annotated = [case for case in source.cases() if source.notes(case).get("split") != "test"]
     train = [case for case in annotated + pseudo_labelled if case not in held_out]

@@ -114,7 +114,8 @@ def few_shot_summary(source: GenericDataset, load: Callable[[str], tuple[Volume,
     else:
         annotated = [reference.name for reference in _references(source, settings)]
         summary = summarize_data(load, annotated)
-    return dataclasses.replace(summary, cases=annotated + source.unannotated_cases())
+    unannotated = source.unannotated_cases()
+    return dataclasses.replace(summary, cases=annotated + unannotated, pseudo_labelled=len(unannotated))
 
 
 def round_minutes(source: GenericDataset, settings: FewShotSettings, output: str | os.PathLike,

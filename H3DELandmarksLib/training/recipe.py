@@ -35,6 +35,7 @@ from ..data.landmarks import Landmarks
 from ..data.shape import MIN_FIT_POINTS, similarity_fit
 from ..data.volume import Volume
 from .config import FROM_DATA, TrainingConfigError
+from .data import pseudo_labelled_validation_count
 
 PATCH_VOXELS = 48
 COARSE_FIELD_FACTOR = 1.6
@@ -71,7 +72,9 @@ class DataSummary:
     """What the recipe is derived from (all lengths in mm).
 
     Attributes:
-        cases: annotated cases, in dataset order.
+        cases: the cases that train or validate, in dataset order.
+        pseudo_labelled: how many of `cases` are unannotated scans of a few-shot run (their
+            pseudo-labels train; the validation cases are drawn from them).
         voxel_mm: median voxel size.
         landmark_count: landmarks per case.
         spread_mm: largest distance between two present landmarks of one case.
@@ -87,6 +90,7 @@ class DataSummary:
     extent_mm: float
     pose_spread_deg: float | None
     intensity: tuple[float, float]
+    pseudo_labelled: int = 0
 
 
 def summarize_data(load: Callable[[str], tuple[Volume, Landmarks]], cases: list[str]) -> DataSummary:
@@ -122,7 +126,8 @@ def derive_recipe(summary: DataSummary, model_id: str, max_minutes: float | None
     field_mm = COARSE_FIELD_FACTOR * (summary.spread_mm or summary.extent_mm)
     coarse = _round(max(field_mm / PATCH_VOXELS, 2 * summary.voxel_mm))
     fine = _round(max(summary.voxel_mm, coarse / FINE_PER_COARSE))
-    train_count = _train_count(len(summary.cases))
+    validation = _validation(len(summary.cases))
+    train_count = _train_count(len(summary.cases), summary.pseudo_labelled, validation)
     coarse_epochs, fine_epochs = _epochs(train_count, max_minutes)
     shape_aligned = summary.landmark_count >= MIN_FIT_POINTS
     pose = summary.pose_spread_deg
@@ -166,7 +171,7 @@ def derive_recipe(summary: DataSummary, model_id: str, max_minutes: float | None
              "loss": "adaptive_wing", "sigma": 1.5},
             fine_stage,
         ],
-        "data": {"layout": "generic", "validation": _validation(len(summary.cases))},
+        "data": {"layout": "generic", "validation": validation},
         "seed": 0,
     }
 
@@ -209,10 +214,13 @@ def _validation(annotated: int) -> dict:
     return {"training_cases": True}
 
 
-def _train_count(annotated: int) -> int:
-    if annotated >= MIN_VALIDATION_CASES:
-        return annotated - max(1, round(VALIDATION_FRACTION * annotated))
-    return annotated
+def _train_count(cases: int, pseudo_labelled: int, validation: dict) -> int:
+    """How many of `cases` train under `validation` (the split of `data.TrainingData`)."""
+    if pseudo_labelled:
+        return cases - pseudo_labelled_validation_count(pseudo_labelled, validation.get("fraction", 0.0))
+    if validation.get("training_cases"):
+        return cases
+    return cases - max(1, round(validation["fraction"] * cases))
 
 
 def _epochs(train_count: int, max_minutes: float | None) -> tuple[int, int]:
