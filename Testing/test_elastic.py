@@ -13,11 +13,11 @@ ORIGIN = (3.0, -4.0, 8.0)
 DIRECTION = Rotation.from_rotvec([0.4, -0.2, 0.3]).as_matrix()
 
 
-def random_bspline(seed: int) -> sitk.BSplineTransform:
+def random_bspline(seed: int, direction: np.ndarray = DIRECTION) -> sitk.BSplineTransform:
     reference = sitk.Image(list(SIZE), sitk.sitkFloat32)
     reference.SetSpacing(SPACING)
     reference.SetOrigin(ORIGIN)
-    reference.SetDirection([float(d) for d in DIRECTION.ravel()])
+    reference.SetDirection([float(d) for d in direction.ravel()])
     bspline = sitk.BSplineTransformInitializer(reference, [2, 3, 2], 3)
     rng = np.random.default_rng(seed)
     bspline.SetParameters([float(c) for c in rng.normal(0.0, 1.0, bspline.GetNumberOfParameters())])
@@ -28,8 +28,8 @@ def sitk_displacements(bspline: sitk.BSplineTransform, points: np.ndarray) -> np
     return np.array([np.asarray(bspline.TransformPoint([float(p) for p in point])) - point for point in points])
 
 
-def grid_points(indices: np.ndarray) -> np.ndarray:
-    return np.asarray(ORIGIN) + (indices * np.asarray(SPACING)) @ DIRECTION.T
+def grid_points(indices: np.ndarray, direction: np.ndarray = DIRECTION) -> np.ndarray:
+    return np.asarray(ORIGIN) + (indices * np.asarray(SPACING)) @ direction.T
 
 
 def test_cubic_weights_sum_to_one_and_match_the_basis():
@@ -51,31 +51,38 @@ def test_displacement_at_points_is_sitks_inside_and_outside_the_domain(seed):
     assert np.all(BSplineDisplacement(bspline).at_points(outside) == 0)
 
 
-def test_displacement_on_the_patch_grid_is_sitks_at_every_voxel():
-    bspline = random_bspline(2)
-    field = BSplineDisplacement(bspline).on_grid(ORIGIN, SPACING, SIZE, DIRECTION)
+@pytest.mark.parametrize("seed", range(4))
+def test_displacement_on_the_patch_grid_is_sitks_at_every_voxel(seed):
+    """Arbitrary patch axes, which SimpleITK's initializer gives the control grid permuted and
+    flipped (seeds 1 to 3)."""
+    direction = Rotation.random(random_state=seed).as_matrix()
+    bspline = random_bspline(seed, direction)
+    field = BSplineDisplacement(bspline).on_grid(ORIGIN, SPACING, SIZE, direction)
     assert field.shape == (SIZE[2], SIZE[1], SIZE[0], 3)
     indices = np.stack(np.meshgrid(*(np.arange(n) for n in SIZE), indexing="ij"), -1).reshape(-1, 3)
-    expected = sitk_displacements(bspline, grid_points(indices))
+    expected = sitk_displacements(bspline, grid_points(indices, direction))
     np.testing.assert_allclose(field[indices[:, 2], indices[:, 1], indices[:, 0]], expected, atol=1e-6)
 
 
 def test_a_grid_with_other_axes_is_refused():
     with pytest.raises(ValueError, match="axes"):
-        BSplineDisplacement(random_bspline(0)).on_grid(ORIGIN, SPACING, SIZE, np.eye(3))
+        BSplineDisplacement(random_bspline(0)).on_grid(ORIGIN, SPACING, SIZE, DIRECTION @ Rotation.from_rotvec(
+            [0.0, 0.0, 0.3]).as_matrix())
 
 
-def test_resampling_through_the_field_equals_resampling_through_the_bspline():
-    bspline = random_bspline(3)
+@pytest.mark.parametrize("seed", [1, 3])
+def test_resampling_through_the_field_equals_resampling_through_the_bspline(seed):
+    direction = Rotation.random(random_state=seed).as_matrix()
+    bspline = random_bspline(seed, direction)
     rng = np.random.default_rng(4)
     source = sitk.GetImageFromArray(rng.uniform(0, 100, (30, 34, 38)).astype(np.float32))
     source.SetOrigin([-4.0, -12.0, 0.0])
     source.SetSpacing([0.6, 0.5, 0.55])
-    field = BSplineDisplacement(bspline).field_transform(ORIGIN, SPACING, SIZE, DIRECTION)
-    direction = [float(d) for d in DIRECTION.ravel()]
+    field = BSplineDisplacement(bspline).field_transform(ORIGIN, SPACING, SIZE, direction)
 
     def resample(transform: sitk.Transform) -> np.ndarray:
-        image = sitk.Resample(source, list(SIZE), transform, sitk.sitkLinear, ORIGIN, SPACING, direction, -1.0,
+        image = sitk.Resample(source, list(SIZE), transform, sitk.sitkLinear, ORIGIN, SPACING,
+                              [float(d) for d in direction.ravel()], -1.0,
                               sitk.sitkFloat32)
         return sitk.GetArrayFromImage(image)
 

@@ -56,14 +56,21 @@ class BSplineDisplacement:
 
     def on_grid(self, origin, spacing, size, direction) -> np.ndarray:
         """(K, J, I, 3) displacements at the voxels of an image grid whose axes are the control
-        grid's (a patch's B-spline is defined over the patch itself)."""
-        if not np.allclose(direction, self.grid_direction, atol=1e-6):
+        grid's up to order and sign (a patch's B-spline is defined over the patch itself, and
+        SimpleITK's initializer may permute and flip the patch's axes)."""
+        relation = np.linalg.inv(self.grid_direction) @ np.asarray(direction, float)
+        sources = np.argmax(np.abs(relation), axis=1)
+        signs = np.sign(relation[np.arange(3), sources])
+        if sorted(sources) != [0, 1, 2] or not np.allclose(relation, np.eye(3)[sources] * signs[:, None], atol=1e-6):
             raise ValueError("the grid's axes are not the B-spline's")
         start = (np.asarray(origin, float) - self.grid_origin) @ np.linalg.inv(self.grid_direction).T
-        matrices = [self._axis_weights((start[axis] + spacing[axis] * np.arange(size[axis])) / self.grid_spacing[axis],
-                                       axis) for axis in range(3)]
-        return np.einsum("czyx,kz,jy,ix->kjic", self.coefficients, matrices[2], matrices[1], matrices[0],
-                         optimize=True)
+        matrices = []
+        for axis, source in enumerate(sources):
+            steps = signs[axis] * spacing[source] * np.arange(size[source])
+            matrices.append(self._axis_weights((start[axis] + steps) / self.grid_spacing[axis], axis))
+        letters = "ijk"
+        subscripts = ",".join(letters[source] + control for source, control in zip(sources[::-1], "zyx"))
+        return np.einsum(f"czyx,{subscripts}->kjic", self.coefficients, *matrices[::-1], optimize=True)
 
     def field_transform(self, origin, spacing, size, direction) -> sitk.DisplacementFieldTransform:
         """The same displacement as a field transform sampled on the given grid (linear
