@@ -153,6 +153,35 @@ def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, c
     assert [path.stat().st_mtime_ns for path in pairs] == stamps
 
 
+def test_a_time_limit_in_a_later_round_leaves_the_previous_rounds_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_cli, "RegistrationSettings", lambda **given: RegistrationSettings(
+        **{**vars(QUICK_REGISTRATION), **{key: value for key, value in given.items() if value is not None}}))
+    data = write_dataset(tmp_path / "data", [1], [2, 3])
+    quick = tmp_path / "quick.json"
+    quick.write_text(json.dumps(QUICK), encoding="utf-8")
+    output = tmp_path / "run"
+    arguments = ["train", "--data", str(data), "--output", str(output), "--config", str(quick), "--rounds", "2",
+                 "--label-tolerance", "0", "--no-progress", "--threads", "1"]
+    uncut = fewshot.train
+
+    def cut_round_two(config, folder, **options):
+        return uncut(config, folder, **{**options, "max_minutes": 0.0 if Path(folder).name == "2" else None})
+
+    monkeypatch.setattr(fewshot, "train", cut_round_two)
+    assert main(arguments) == 0
+    assert f"model package from the best weights so far: {output / 'package'}" in capsys.readouterr().out
+    cut = read_package(output / "package")
+    assert cut.manifest["training"]["few_shot"]["stopped_in_round"] == 2
+    assert cut.manifest["training"]["few_shot"]["rounds"] == 1
+    first = read_package(output / "rounds" / "1" / "package").state_dict()
+    assert all(np.array_equal(cut.state_dict()[key], first[key]) for key in first)
+
+    monkeypatch.setattr(fewshot, "train", uncut)
+    assert main(arguments + ["--resume"]) == 0
+    finished = read_package(output / "package").manifest["training"]["few_shot"]
+    assert finished["rounds"] == 2 and "stopped_in_round" not in finished
+
+
 def test_round_budget_is_what_registration_and_relabelling_leave(tmp_path):
     data = write_dataset(tmp_path / "data", annotated=[0, 1], unannotated=[2, 3, 4])
     source = GenericDataset(data)

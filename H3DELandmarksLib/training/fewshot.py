@@ -20,7 +20,8 @@ r + 1 trains on), ``rounds/<r>/`` (each round's checkpoint, log and package), ``
 shared by the rounds), ``fewshot.json`` (the finished rounds and how far the labels moved) and
 ``package/`` (the last round's model). Every step writes atomically and is skipped when its
 result is already there, so ``resume=True`` after a time limit or Ctrl-C continues where the run
-stopped.
+stopped. A time limit in a later round leaves ``package/`` holding the last finished round's model
+(its manifest names the round that was cut), usable at once.
 """
 
 from __future__ import annotations
@@ -184,7 +185,12 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
                        command=command, initial=_previous_round(output, number, config, names, descriptions),
                        pseudo_labels=labels, cache_dir=output / CACHE_DIR)
         if not result.finished:
-            return TrainingResult(False, output, None, result.metrics)
+            if number == 1:
+                return TrainingResult(False, output, None, result.metrics)
+            previous = output / ROUNDS_DIR / str(number - 1) / PACKAGE_DIR
+            package = _write_package(output, previous, config, references, unannotated, state, registration,
+                                     stopped_in_round=number)
+            return TrainingResult(False, output, package, state["metrics"])
         stopped = number == settings.rounds
         if not stopped:
             predictor = Predictor.from_model(result.package, device=device, threads=threads)
@@ -202,16 +208,29 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
         _write_state(output, state)
         if stopped:
             break
-    package = output / PACKAGE_DIR
-    built = read_package(result.package)
+    package = _write_package(output, result.package, config, references, unannotated, state, registration)
+    return TrainingResult(True, output, package, state["metrics"])
+
+
+def _write_package(output: Path, round_package: Path, config: TrainingConfig, references: list[Reference],
+                   unannotated: list[str], state: dict, registration: RegistrationSettings,
+                   stopped_in_round: int | None = None) -> Path:
+    """``OUT/package``: the model of `round_package` with round 1's recipe and the few-shot
+    provenance; `stopped_in_round` records the round a time limit cut (the model is then the
+    round before it, and resuming continues that round)."""
+    built = read_package(round_package)
     manifest = dict(built.manifest)
-    manifest["training"] = {**manifest["training"], "recipe": config.raw, "few_shot": {
+    few_shot = {
         "references": [reference.name for reference in references], "pseudo_labelled_cases": unannotated,
         "rounds": state["rounds"], "label_movement_mm": state["movement_mm"],
         "later_rounds": {"epoch_fraction": FINE_TUNING_EPOCH_FRACTION, "lr_factor": FINE_TUNING_LR_FACTOR},
-        "registration": dataclasses.asdict(registration)}}
+        "registration": dataclasses.asdict(registration)}
+    if stopped_in_round is not None:
+        few_shot["stopped_in_round"] = stopped_in_round
+    manifest["training"] = {**manifest["training"], "recipe": config.raw, "few_shot": few_shot}
+    package = output / PACKAGE_DIR
     write_package(package, manifest, built.state_dict(), overwrite=True)
-    return TrainingResult(True, output, package, state["metrics"])
+    return package
 
 
 def _references(source: GenericDataset, settings: FewShotSettings) -> list[Reference]:
