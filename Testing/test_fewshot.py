@@ -112,7 +112,9 @@ def refuse(*args, **kwargs):
     raise AssertionError("a cached pair was registered again")
 
 
-def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, capsys):
+def one_shot_run(tmp_path, monkeypatch) -> tuple[Path, Path, list[str]]:
+    """A dataset of one annotated and two unannotated phantoms, its run folder and the arguments
+    of a quick two-round `h3de train` on it (quick registration)."""
     monkeypatch.setattr(train_cli, "RegistrationSettings", lambda **given: RegistrationSettings(
         **{**vars(QUICK_REGISTRATION), **{key: value for key, value in given.items() if value is not None}}))
     data = write_dataset(tmp_path / "data", [1], [2, 3])
@@ -121,6 +123,11 @@ def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, c
     output = tmp_path / "run"
     arguments = ["train", "--data", str(data), "--output", str(output), "--config", str(quick), "--rounds", "2",
                  "--label-tolerance", "0", "--no-progress", "--threads", "1"]
+    return data, output, arguments
+
+
+def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, capsys):
+    data, output, arguments = one_shot_run(tmp_path, monkeypatch)
     assert main(arguments) == 0
     assert f"model package: {output / 'package'}" in capsys.readouterr().out
     state = json.loads((output / "fewshot.json").read_text(encoding="utf-8"))
@@ -154,14 +161,7 @@ def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, c
 
 
 def test_a_time_limit_in_a_later_round_leaves_the_previous_rounds_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_cli, "RegistrationSettings", lambda **given: RegistrationSettings(
-        **{**vars(QUICK_REGISTRATION), **{key: value for key, value in given.items() if value is not None}}))
-    data = write_dataset(tmp_path / "data", [1], [2, 3])
-    quick = tmp_path / "quick.json"
-    quick.write_text(json.dumps(QUICK), encoding="utf-8")
-    output = tmp_path / "run"
-    arguments = ["train", "--data", str(data), "--output", str(output), "--config", str(quick), "--rounds", "2",
-                 "--label-tolerance", "0", "--no-progress", "--threads", "1"]
+    _, output, arguments = one_shot_run(tmp_path, monkeypatch)
     uncut = fewshot.train
 
     def cut_round_two(config, folder, **options):

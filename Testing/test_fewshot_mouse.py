@@ -128,16 +128,20 @@ def test_training_resumes_and_adds_up_its_wall_time_and_is_skipped_once_finished
         (folder / "package").mkdir(parents=True, exist_ok=True)
         (folder / "checkpoint.pt").write_bytes(b"")
         stopped = {"stopped_early": True} if len(commands) == 1 else {}
-        (folder / "package" / "manifest.json").write_text(json.dumps({"training": {"metrics": {"fine": stopped}}}))
+        training = {"metrics": {"fine": stopped}}
+        if len(commands) == 2:
+            training["few_shot"] = {"rounds": 1, "stopped_in_round": 2}
+        (folder / "package" / "manifest.json").write_text(json.dumps({"training": training}))
 
     monkeypatch.setattr(bench, "_run", run)
     timing = {"train_s": 50.0}
     assert not bench.train(["h3de", "train"], folder, timing)
     assert commands == [["h3de", "train"]] and timing["train_s"] < 50.0
     timing["train_s"] = 100.0
+    assert not bench.train(["h3de", "train"], folder, timing)
     assert bench.train(["h3de", "train"], folder, timing)
-    assert commands[1] == ["h3de", "train", "--resume"] and timing["train_s"] >= 100.0
-    assert bench.train(["h3de", "train"], folder, timing) and len(commands) == 2
+    assert commands[1] == commands[2] == ["h3de", "train", "--resume"] and timing["train_s"] >= 100.0
+    assert bench.train(["h3de", "train"], folder, timing) and len(commands) == 3
 
 
 def test_finetune_prints_every_model_beside_malpaca_with_the_ratios_and_times(bench, tmp_path, monkeypatch,

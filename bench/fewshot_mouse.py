@@ -293,10 +293,13 @@ def _annotated(run: Path) -> set[str]:
 
 
 def _finished(folder: Path) -> bool:
-    """Whether `folder` holds a finished model package (not one a time limit stopped)."""
+    """Whether `folder` holds a finished model package (not one a time limit stopped: in a stage,
+    or in a later few-shot round, whose package is then the round before)."""
     try:
         manifest = json.loads((folder / "package" / "manifest.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
+        return False
+    if "stopped_in_round" in manifest["training"].get("few_shot", {}):
         return False
     return not any(isinstance(values, dict) and values.get("stopped_early")
                    for values in manifest["training"]["metrics"].values())

@@ -6,8 +6,9 @@ patch point p to the source point ``T(p) = c + M (p + d(p) - c)``: M is a rotati
 scaling, d a smooth cubic B-spline displacement (the elastic part, a SimpleITK B-spline
 transform evaluated by `data.elastic`) defined over the patch. The image is resampled through T
 in one interpolation (SimpleITK, d as a field on the patch's voxels); a landmark x goes the other way,
-``p + d(p) = c + M^-1 (x - c)``, solved by fixed-point iteration (d is small and smooth). With
-the identity transform the patch is exactly `resample_patch(volume, c, size, spacing)`.
+``p + d(p) = c + M^-1 (x - c)``, solved by fixed-point iteration (d is small and smooth; about
+ten steps at the mouse recipe's 0.3 mm). With the identity transform the patch is exactly
+`resample_patch(volume, c, size, spacing)`.
 
 Intensity changes (contrast, brightness, gamma, noise) act on the already mapped intensities and
 stay inside the mapped range.
@@ -27,6 +28,7 @@ from .volume import Volume
 
 ELASTIC_MESH = 2  # B-spline mesh cells per axis over the patch (control points: mesh + 3)
 INVERSE_ITERATIONS = 30
+INVERSE_TOLERANCE_MM = 1e-9  # the fixed-point iteration stops once no point moves more
 CORNERS = np.array(list(np.ndindex(2, 2, 2)), float)
 
 
@@ -172,7 +174,9 @@ def points_to_patch(transform: PatchTransform, grid: PatchGrid, points_lps: np.n
         finite = np.all(np.isfinite(target), axis=1)
         points = target[finite]
         for _ in range(INVERSE_ITERATIONS):
-            points = target[finite] - displacement.at_points(points)
+            previous, points = points, target[finite] - displacement.at_points(points)
+            if not len(points) or np.max(np.abs(points - previous)) < INVERSE_TOLERANCE_MM:
+                break
         patch_points[finite] = points
     return grid.point_to_index(transform.centre, patch_points)
 

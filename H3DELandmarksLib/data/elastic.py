@@ -33,6 +33,7 @@ class BSplineDisplacement:
         self.grid_origin = fixed[3:6]
         self.grid_spacing = fixed[6:9]
         self.grid_direction = fixed[9:18].reshape(3, 3)
+        self._to_grid_axes = np.linalg.inv(self.grid_direction)
         # SimpleITK's parameter order: x, y, z components, each over the grid with x fastest.
         self.coefficients = np.asarray(bspline.GetParameters(), float).reshape(3, *self.grid_size[::-1])
 
@@ -40,7 +41,7 @@ class BSplineDisplacement:
         """(N, 3) displacements (mm) at (N, 3) physical points; zero where SimpleITK gives zero
         (points whose support leaves the control grid)."""
         points = np.asarray(points, float).reshape(-1, 3)
-        index = (points - self.grid_origin) @ np.linalg.inv(self.grid_direction).T / self.grid_spacing
+        index = (points - self.grid_origin) @ self._to_grid_axes.T / self.grid_spacing
         start = np.floor(index - 1).astype(int)
         valid = np.all((start >= 0) & (start + SUPPORT <= self.grid_size), axis=1)
         start = np.where(valid[:, None], start, 0)
@@ -58,12 +59,12 @@ class BSplineDisplacement:
         """(K, J, I, 3) displacements at the voxels of an image grid whose axes are the control
         grid's up to order and sign (a patch's B-spline is defined over the patch itself, and
         SimpleITK's initializer may permute and flip the patch's axes)."""
-        relation = np.linalg.inv(self.grid_direction) @ np.asarray(direction, float)
+        relation = self._to_grid_axes @ np.asarray(direction, float)
         sources = np.argmax(np.abs(relation), axis=1)
         signs = np.sign(relation[np.arange(3), sources])
         if sorted(sources) != [0, 1, 2] or not np.allclose(relation, np.eye(3)[sources] * signs[:, None], atol=1e-6):
             raise ValueError("the grid's axes are not the B-spline's")
-        start = (np.asarray(origin, float) - self.grid_origin) @ np.linalg.inv(self.grid_direction).T
+        start = (np.asarray(origin, float) - self.grid_origin) @ self._to_grid_axes.T
         matrices = []
         for axis, source in enumerate(sources):
             steps = signs[axis] * spacing[source] * np.arange(size[source])
