@@ -13,7 +13,12 @@ from H3DELandmarksLib.data.landmark_files import read_landmarks, write_landmarks
 from H3DELandmarksLib.data.landmark_fusion import fuse_estimates, reliability
 from H3DELandmarksLib.data.landmarks import Landmarks
 from H3DELandmarksLib.data.phantom import make_phantom
-from H3DELandmarksLib.data.registration import RegistrationSettings, prepare_image, transfer_landmarks
+from H3DELandmarksLib.data.registration import (
+    RegistrationSettings,
+    prepare_image,
+    shared_threads,
+    transfer_landmarks,
+)
 from H3DELandmarksLib.data.volume import Volume
 from H3DELandmarksLib.data.volume_io import write_volume
 from H3DELandmarksLib.registry import read_package
@@ -196,4 +201,41 @@ def test_round_budget_is_what_registration_and_relabelling_leave(tmp_path):
     assert pseudo_labels.pending_pairs(output, source.unannotated_cases(), source.cases()) == 5
     assert fewshot.round_minutes(source, settings, output, 60.0) == pytest.approx(
         (60.0 - pairs * 5 / 6 - relabel) / (4 / 3))
+    assert fewshot.round_minutes(source, settings, output, 60.0, workers=2) == pytest.approx(
+        (60.0 - pairs * 5 / 12 - relabel) / (4 / 3))
     assert fewshot.round_minutes(source, settings, output, 1.0) == pytest.approx(1.0 / 20 / (4 / 3))
+
+
+def test_parallel_registration_stores_the_same_pairs_and_resumes_after_a_stop(tmp_path, monkeypatch):
+    source = GenericDataset(write_dataset(tmp_path / "data", annotated=[0, 1], unannotated=[2, 3, 4]))
+    references = [pseudo_labels.Reference(case, source.fingerprint(case), lambda case=case: source.load(case))
+                  for case in source.cases()]
+    targets = [pseudo_labels.Target(case, source.fingerprint(case), lambda case=case: source.load(case)[0])
+               for case in source.unannotated_cases()]
+    names = references[0].load()[1].names
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    with shared_threads(2):
+        one_at_a_time = pseudo_labels.register_references(references, targets, names, tmp_path / "one",
+                                                          QUICK_REGISTRATION, progress=False)
+    calls = []
+    registered = pseudo_labels.transfer_landmarks
+
+    def counted(*args):
+        calls.append(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+        return registered(*args)
+
+    monkeypatch.setattr(pseudo_labels, "transfer_landmarks", counted)
+    asked = []
+    stopped = pseudo_labels.register_references(references, targets, names, tmp_path / "two", QUICK_REGISTRATION,
+                                                progress=False, stop=lambda: asked.append(1) or len(asked) > 3,
+                                                workers=2)
+    assert stopped is None and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
+    kept = pseudo_labels.pending_pairs(tmp_path / "two", source.unannotated_cases(), source.cases())
+    assert 0 < kept < 6 and kept == 6 - len(calls)
+    assert set(calls) == {max(1, threads // 2)}
+    calls.clear()
+    two_at_a_time = pseudo_labels.register_references(references, targets, names, tmp_path / "two",
+                                                      QUICK_REGISTRATION, progress=False, workers=2)
+    assert len(calls) == kept
+    for target in source.unannotated_cases():
+        np.testing.assert_array_equal(np.array(two_at_a_time[target]), np.array(one_at_a_time[target]))

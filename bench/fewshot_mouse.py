@@ -50,11 +50,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from H3DELandmarksLib.atomic import atomic_write_text
 from H3DELandmarksLib.data.datasets import GenericDataset
 from H3DELandmarksLib.data.registration import RegistrationSettings
+from H3DELandmarksLib.training.fewshot import registration_workers
 from H3DELandmarksLib.training.pseudo_labels import (
     Reference,
     Target,
@@ -251,7 +251,6 @@ def pseudo_labels(data: Path, output: Path, cases: list[str] | None, threads: in
                   deadline: float | None) -> dict | None:
     """The fused registration labels of `cases` (all unannotated scans when None), as `h3de train`
     makes them (same settings, same cache)."""
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads or 1)
     source = GenericDataset(data)
     references = [Reference(case, source.fingerprint(case), lambda case=case: source.load(case))
                   for case in source.cases()]
@@ -260,7 +259,8 @@ def pseudo_labels(data: Path, output: Path, cases: list[str] | None, threads: in
     targets = [Target(case, source.fingerprint(case), lambda case=case: source.load(case)[0])
                for case in source.unannotated_cases() if cases is None or case in cases]
     estimates = register_references(references, targets, first.names, output, settings,
-                                    stop=None if deadline is None else lambda: time.monotonic() > deadline)
+                                    stop=None if deadline is None else lambda: time.monotonic() > deadline,
+                                    workers=registration_workers(threads))
     if estimates is None:
         return None
     return registration_labels(first.names, first.descriptions, estimates, FINE_SPACING_MM)

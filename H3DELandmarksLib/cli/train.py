@@ -45,6 +45,7 @@ from ..training.fewshot import (
     FewShotSettings,
     few_shot_summary,
     needs_pseudo_labels,
+    registration_workers,
     round_minutes,
     train_few_shot,
 )
@@ -83,7 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     parser.add_argument("--overwrite", action="store_true", help="start over even if the output folder holds a run")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train (default: auto)")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads (few-shot: also the pairs registered at once; default: every core)")
     parser.add_argument("--max-minutes", type=float, metavar="M",
                         help="stop cleanly after M minutes (resume later with --resume); a derived recipe plans "
                              "its epochs to fit")
@@ -202,7 +204,8 @@ def _derived(args: argparse.Namespace, output: Path, initial: InitialModel | Non
     if few_shot is None:
         recipe = derive_recipe(summarize_data(cache.get, source.cases()), model_id, args.max_minutes)
     else:
-        budget = None if args.max_minutes is None else round_minutes(source, few_shot, output, args.max_minutes)
+        budget = None if args.max_minutes is None else round_minutes(
+            source, few_shot, output, args.max_minutes, registration_workers(args.threads))
         recipe = derive_recipe(few_shot_summary(source, cache.get, few_shot), model_id, budget)
     if initial is None:
         return recipe

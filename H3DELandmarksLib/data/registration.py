@@ -21,6 +21,8 @@ method per point. A reference landmark with no structure within 2 voxels of it i
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +135,18 @@ def transfer_landmarks(target: RegistrationImage, reference: RegistrationImage, 
     usable = supported(reference_volume, landmarks, reference.threshold)
     points[usable] = [registration.to_target(q) for q in landmarks.positions[usable]]
     return points, registration.metric
+
+
+@contextmanager
+def shared_threads(workers: int) -> Iterator[None]:
+    """SimpleITK's threads shared out among `workers` registrations run at once (SimpleITK releases
+    the GIL, so Python threads run them in parallel), restored afterwards."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, before // max(1, workers)))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
 def register(target: RegistrationImage, reference: RegistrationImage, settings: RegistrationSettings) -> Registration:

@@ -65,10 +65,12 @@ from .pseudo_labels import (
 )
 from .recipe import DataSummary, summarize_data
 
-# Planning costs on 2 threads of a 2-core CPU, from the mouse atlas (bench/fewshot_mouse.py): seconds
-# to register one reference onto one scan (17 s per pair on the idle machine) and to re-label one
-# scan with a round's model (h3de detect took 2.0 s per scan; 3 s leaves room for loading it).
-SECONDS_PER_PAIR = 17.0
+# Planning costs on a 2-core CPU, from the mouse atlas (bench/fewshot_mouse.py,
+# bench/parallel_registration_bench.py): seconds of one registration worker to register one
+# reference onto one scan (2 workers of 1 thread each took 16-21 s per pair on the idle machine,
+# one worker of 2 threads 13-15 s), and to re-label one scan with a round's model on 2 threads
+# (h3de detect took 2.0 s per scan; 3 s leaves room for loading it).
+SECONDS_PER_PAIR = 20.0
 SECONDS_PER_RELABEL = 3.0
 STATE_FILE = "fewshot.json"
 LABELS_DIR = "pseudo_labels"
@@ -119,15 +121,20 @@ def few_shot_summary(source: GenericDataset, load: Callable[[str], tuple[Volume,
     return dataclasses.replace(summary, cases=annotated + unannotated, pseudo_labelled=len(unannotated))
 
 
+def registration_workers(threads: int | None) -> int:
+    """Pairs registered at once: one per CPU thread (`threads`, or every core)."""
+    return max(1, threads or os.cpu_count() or 1)
+
+
 def round_minutes(source: GenericDataset, settings: FewShotSettings, output: str | os.PathLike,
-                  max_minutes: float) -> float:
+                  max_minutes: float, workers: int = 1) -> float:
     """Minutes the first round's training may plan within `max_minutes`: what is left after
-    registering the pairs not yet stored in `output` and re-labelling the unannotated scans between
-    rounds (at least a twentieth of the budget), shared with the later rounds, which each train a
-    third as long."""
+    registering the pairs not yet stored in `output` (`workers` at a time) and re-labelling the
+    unannotated scans between rounds (at least a twentieth of the budget), shared with the later
+    rounds, which each train a third as long."""
     references = [reference.name for reference in _references(source, settings)]
     scans = source.unannotated_cases()
-    before = (pending_pairs(Path(output), scans, references) * SECONDS_PER_PAIR
+    before = (pending_pairs(Path(output), scans, references) * SECONDS_PER_PAIR / workers
               + (settings.rounds - 1) * len(scans) * SECONDS_PER_RELABEL) / 60.0
     rounds = 1 + (settings.rounds - 1) * FINE_TUNING_EPOCH_FRACTION
     return max(max_minutes - before, max_minutes / 20.0) / rounds
@@ -161,7 +168,8 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
     labels = read_label_set(output / LABELS_DIR / "round-0", names)
     if labels is None:
         estimates = register_references(references, targets, names, output, registration, progress,
-                                        stop=None if deadline is None else lambda: time.monotonic() > deadline)
+                                        stop=None if deadline is None else lambda: time.monotonic() > deadline,
+                                        workers=registration_workers(threads))
         if estimates is None:
             return TrainingResult(False, output, None, {})
         labels = registration_labels(names, descriptions, estimates, scale)
