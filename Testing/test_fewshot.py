@@ -239,3 +239,15 @@ def test_parallel_registration_stores_the_same_pairs_and_resumes_after_a_stop(tm
     assert len(calls) == kept
     for target in source.unannotated_cases():
         np.testing.assert_array_equal(np.array(two_at_a_time[target]), np.array(one_at_a_time[target]))
+
+
+def test_labels_a_worse_model_cannot_move_have_not_settled():
+    names = ["a", "b", "c"]
+    labels = {"scan": Landmarks(names, np.zeros((3, 3)), np.array([True, True, False]), np.ones(3), ["", "", ""],
+                                np.array([0.2, 0.3, 0.01]))}
+    assert pseudo_labels.labels_settled(0.01, 0.1, model_error_mm=0.25, labels=labels)
+    assert not pseudo_labels.labels_settled(0.01, 0.1, model_error_mm=2.5, labels=labels)
+    assert not pseudo_labels.labels_settled(0.2, 0.1, model_error_mm=0.1, labels=labels)
+    unknown = {"scan": Landmarks(names, np.zeros((3, 3)), np.ones(3, bool), np.ones(3), ["", "", ""],
+                                 np.full(3, np.nan))}
+    assert pseudo_labels.labels_settled(0.01, 0.1, model_error_mm=2.5, labels=unknown)

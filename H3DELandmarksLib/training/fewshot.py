@@ -13,7 +13,9 @@ template is given:
 3. the round's model re-labels the unannotated scans: each label moves toward the model's
    position by the weight of their expected errors (`pseudo_labels.model_labels`; the model's is
    its validation error, measured on held-out pseudo-labelled scans); when the labels moved less
-   than the tolerance (median over points), or after the last round, training stops.
+   than the tolerance (median over points) and the model validates at or below their median
+   expected error (labels a worse model could not move have not settled), or after the last
+   round, training stops.
 
 Run folder: ``registration/`` (per-pair cache), ``pseudo_labels/round-<r>/`` (the labels round
 r + 1 trains on), ``rounds/<r>/`` (each round's checkpoint, log and package), ``cache/`` (the cases,
@@ -55,6 +57,7 @@ from .pseudo_labels import (
     Target,
     file_digest,
     label_movement,
+    labels_settled,
     model_labels,
     pending_pairs,
     read_label_set,
@@ -206,9 +209,9 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
             updated = model_labels(lambda volume: predictor.predict(volume).landmarks, targets, labels, model_error,
                                    scale, progress)
             moved = label_movement(labels, updated)
+            stopped = labels_settled(moved, tolerance, model_error, labels)
             write_label_set(output / LABELS_DIR / f"round-{number}", updated)
             labels = updated
-            stopped = moved < tolerance
             state["movement_mm"].append(round(moved, 4))
             if progress:
                 tqdm.write(f"Round {number}: pseudo-labels moved {moved:.3g} mm (median; tolerance {tolerance:.3g} mm)")

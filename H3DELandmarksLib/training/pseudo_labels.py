@@ -186,6 +186,18 @@ def label_movement(old: dict[str, Landmarks], new: dict[str, Landmarks]) -> floa
     return float(np.median(distances)) if distances else 0.0
 
 
+def labels_settled(moved_mm: float, tolerance_mm: float, model_error_mm: float,
+                   labels: dict[str, Landmarks]) -> bool:
+    """Whether re-labelling converged: the labels moved less than `tolerance_mm` and the model
+    validates at or below their median expected error. Labels that a worse model could not move
+    have not converged: the model needs more training (see `model_labels`)."""
+    errors = [landmarks.expected_error[landmarks.present] for landmarks in labels.values()
+              if landmarks.expected_error is not None]
+    known = np.concatenate(errors) if errors else np.empty(0)
+    known = known[np.isfinite(known)]
+    return moved_mm < tolerance_mm and (not len(known) or model_error_mm <= float(np.median(known)))
+
+
 def write_label_set(folder: Path, labels: dict[str, Landmarks]) -> None:
     """``<case>.mrk.json`` per case (replacing older ones), then ``done.json`` listing them."""
     for case, landmarks in labels.items():
