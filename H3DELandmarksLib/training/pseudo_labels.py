@@ -85,9 +85,10 @@ def register_references(references: Sequence[Reference], targets: Sequence[Targe
     """Every reference's landmarks ``(N, 3)`` carried onto every target, by target name.
 
     Pairs already in ``output/registration`` are read back; the others are registered and stored
-    as each finishes, `workers` targets at a time (threads sharing SimpleITK's threads: 1.33 times
-    the pairs per hour of one at a time on 2 cores, bench/registration_bench.py). Returns None when
-    `stop()` turned true before every pair was done (the finished pairs are kept for the next run).
+    as each finishes, `workers` targets at a time (threads sharing SimpleITK's threads: 1.33 and
+    1.45 times the pairs per hour of one at a time on 2 cores, bench/parallel_registration_bench.py).
+    Returns None when `stop()` turned true before every pair was done (the finished pairs are kept
+    for the next run).
     """
     results = {target.name: [_read_pair(_pair_path(output, target.name, reference.name),
                                         _pair_key(target, reference, names, settings), len(names))
