@@ -87,6 +87,9 @@ def register_references(references: Sequence[Reference], targets: Sequence[Targe
     Pairs already in ``output/registration`` are read back; the others are registered and stored
     as each finishes, `workers` targets at a time (threads sharing SimpleITK's threads: 1.33 and
     1.45 times the pairs per hour of one at a time on 2 cores, bench/parallel_registration_bench.py).
+    References are prepared the same way, so every filter runs on the shared-out threads. With one
+    SimpleITK thread per worker the landmarks are the same at any worker count; with more, ITK's
+    multithreaded metric makes them differ from run to run (by about 0.01 mm on 4 mm voxels).
     Returns None when `stop()` turned true before every pair was done (the finished pairs are kept
     for the next run).
     """
@@ -97,8 +100,9 @@ def register_references(references: Sequence[Reference], targets: Sequence[Targe
     stored = sum(points is not None for found in results.values() for points in found)
     if missing and stop is not None and stop():
         return None
-    needed = {index for target in missing for index, points in enumerate(results[target.name]) if points is None}
-    prepared = {index: _prepared_reference(references[index], settings) for index in sorted(needed)}
+    needed = sorted({index for target in missing for index, points in enumerate(results[target.name])
+                     if points is None})
+    prepared = {}
     lock = threading.Lock()
     failed = threading.Event()
 
@@ -126,6 +130,7 @@ def register_references(references: Sequence[Reference], targets: Sequence[Targe
 
     with tqdm(total=len(targets) * len(references), initial=stored, disable=not progress, desc="registration",
               unit="pair") as bar, shared_threads(workers), ThreadPoolExecutor(max(1, workers)) as pool:
+        prepared.update(zip(needed, pool.map(lambda index: _prepared_reference(references[index], settings), needed)))
         finished = list(pool.map(register_target, missing))
     return results if all(finished) else None
 
