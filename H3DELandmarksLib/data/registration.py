@@ -12,6 +12,10 @@ of view are other components) at a working resolution, then registered with Simp
    per axis, L-BFGS-B); Mattes mutual information sampled inside the target's mask,
    multi-resolution.
 
+ITK's L-BFGS-B (vnl_lbfgsb, netlib code translated by f2c) keeps its iteration state in static
+variables, so concurrent runs in one process corrupt each other (ITK issue #230): the B-spline
+stage holds a process-wide lock, and registrations in parallel threads overlap everything else.
+
 The result maps target points to reference points, T(p) = affine(bspline(p)), so reference
 landmarks reach the target through the inverse: the affine exactly, the B-spline by Newton's
 method per point. A reference landmark with no structure within 2 voxels of it in its own scan
@@ -21,6 +25,7 @@ method per point. A reference landmark with no structure within 2 voxels of it i
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ INVERSION_TOLERANCE_MM = 1e-4
 INVERSION_ITERATIONS = 100
 SUPPORT_RADIUS_VOXELS = 2
 HISTOGRAM_BINS = 32
+_LBFGSB_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,8 @@ def register(target: RegistrationImage, reference: RegistrationImage, settings: 
                                 maximumNumberOfFunctionEvaluations=4 * settings.bspline_iterations)
     method.SetMovingInitialTransform(affine)
     method.SetInitialTransform(bspline, inPlace=True)
-    method.Execute(fixed, moving)
+    with _LBFGSB_LOCK:
+        method.Execute(fixed, moving)
     return Registration(affine, bspline, method.GetMetricValue())
 
 

@@ -85,8 +85,9 @@ def register_references(references: Sequence[Reference], targets: Sequence[Targe
     """Every reference's landmarks ``(N, 3)`` carried onto every target, by target name.
 
     Pairs already in ``output/registration`` are read back; the others are registered and stored
-    as each finishes, `workers` targets at a time (threads sharing SimpleITK's threads: 1.33 and
-    1.45 times the pairs per hour of one at a time on 2 cores, bench/parallel_registration_bench.py).
+    as each finishes, `workers` targets at a time (threads sharing SimpleITK's threads; their
+    B-spline stages take turns, see `data.registration`, which leaves 1.04 times the pairs per hour
+    of one at a time on 2 cores, bench/parallel_registration_bench.py).
     References are prepared the same way, so every filter runs on the shared-out threads. With one
     SimpleITK thread per worker the landmarks are the same at any worker count; with more, ITK's
     multithreaded metric makes them differ from run to run (by about 0.01 mm on 4 mm voxels).
