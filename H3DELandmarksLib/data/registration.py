@@ -13,8 +13,8 @@ of view are other components) at a working resolution, then registered with Simp
    multi-resolution.
 
 ITK's L-BFGS-B (vnl_lbfgsb, netlib code translated by f2c) keeps its iteration state in static
-variables, so concurrent runs in one process corrupt each other (ITK issue #230): the B-spline
-stage holds a process-wide lock, and registrations in parallel threads overlap everything else.
+variables, so two registrations running at once in one process corrupt each other (ITK issue
+#230): registrations in parallel run in separate processes (`training.pseudo_labels`).
 
 The result maps target points to reference points, T(p) = affine(bspline(p)), so reference
 landmarks reach the target through the inverse: the affine exactly, the B-spline by Newton's
@@ -25,9 +25,6 @@ method per point. A reference landmark with no structure within 2 voxels of it i
 from __future__ import annotations
 
 import itertools
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +38,6 @@ INVERSION_TOLERANCE_MM = 1e-4
 INVERSION_ITERATIONS = 100
 SUPPORT_RADIUS_VOXELS = 2
 HISTOGRAM_BINS = 32
-_LBFGSB_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -136,23 +132,23 @@ def transfer_landmarks(target: RegistrationImage, reference: RegistrationImage, 
     """Register `reference` onto `target`; its `landmarks` in the target's space ``(N, 3)`` and the
     final metric. Landmarks without structure support (see `supported`) or whose inversion fails
     are NaN."""
-    registration = register(target, reference, settings)
     points = np.full((len(landmarks), 3), np.nan)
     usable = supported(reference_volume, landmarks, reference.threshold)
-    points[usable] = [registration.to_target(q) for q in landmarks.positions[usable]]
-    return points, registration.metric
+    points[usable], metric = carry_points(target, reference, landmarks.positions[usable], settings)
+    return points, metric
 
 
-@contextmanager
-def shared_threads(workers: int) -> Iterator[None]:
-    """SimpleITK's threads shared out among `workers` registrations run at once (SimpleITK releases
-    the GIL, so Python threads run them in parallel), restored afterwards."""
-    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, before // max(1, workers)))
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+def carry_points(target: RegistrationImage, reference: RegistrationImage, points: np.ndarray,
+                 settings: RegistrationSettings) -> tuple[np.ndarray, float]:
+    """Register `reference` onto `target`; the reference `points` ``(M, 3)`` in the target's space
+    (NaN where the inversion fails) and the final metric."""
+    registration = register(target, reference, settings)
+    return np.array([registration.to_target(q) for q in points]).reshape(-1, 3), registration.metric
+
+
+def use_threads(count: int) -> None:
+    """Run SimpleITK on `count` threads in this process (a registration worker's start)."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
 
 
 def register(target: RegistrationImage, reference: RegistrationImage, settings: RegistrationSettings) -> Registration:
@@ -176,8 +172,7 @@ def register(target: RegistrationImage, reference: RegistrationImage, settings: 
                                 maximumNumberOfFunctionEvaluations=4 * settings.bspline_iterations)
     method.SetMovingInitialTransform(affine)
     method.SetInitialTransform(bspline, inPlace=True)
-    with _LBFGSB_LOCK:
-        method.Execute(fixed, moving)
+    method.Execute(fixed, moving)
     return Registration(affine, bspline, method.GetMetricValue())
 
 

@@ -20,14 +20,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
@@ -35,7 +36,7 @@ from ..checksums import sha256_of
 from ..data.landmark_files import read_landmarks, write_landmarks
 from ..data.landmark_fusion import fuse_estimates, reliability
 from ..data.landmarks import Landmarks
-from ..data.registration import RegistrationSettings, prepare_image, shared_threads, transfer_landmarks
+from ..data.registration import RegistrationSettings, carry_points, prepare_image, supported, use_threads
 from ..data.volume import Volume
 from ..errors import H3DEError
 
@@ -85,14 +86,10 @@ def register_references(references: Sequence[Reference], targets: Sequence[Targe
     """Every reference's landmarks ``(N, 3)`` carried onto every target, by target name.
 
     Pairs already in ``output/registration`` are read back; the others are registered and stored
-    as each finishes, `workers` targets at a time (threads sharing SimpleITK's threads; their
-    B-spline stages take turns, see `data.registration`, which leaves 1.04 times the pairs per hour
-    of one at a time on 2 cores, bench/parallel_registration_bench.py).
-    References are prepared the same way, so every filter runs on the shared-out threads. With one
-    SimpleITK thread per worker the landmarks are the same at any worker count; with more, ITK's
-    multithreaded metric makes them differ from run to run (by about 0.01 mm on 4 mm voxels).
-    Returns None when `stop()` turned true before every pair was done (the finished pairs are kept
-    for the next run).
+    as each finishes, `workers` pairs at a time. Parallel pairs run in worker processes sharing
+    SimpleITK's threads (ITK's L-BFGS-B is not thread-safe, see `data.registration`); with one
+    SimpleITK thread per worker the landmarks are the same at any worker count. Returns None when
+    `stop()` turned true before every pair was done (the finished pairs are kept for the next run).
     """
     results = {target.name: [_read_pair(_pair_path(output, target.name, reference.name),
                                         _pair_key(target, reference, names, settings), len(names))
@@ -101,44 +98,68 @@ def register_references(references: Sequence[Reference], targets: Sequence[Targe
     stored = sum(points is not None for found in results.values() for points in found)
     if missing and stop is not None and stop():
         return None
-    needed = sorted({index for target in missing for index, points in enumerate(results[target.name])
-                     if points is None})
-    prepared = {}
-    lock = threading.Lock()
-    failed = threading.Event()
+    needed = {index for target in missing for index, points in enumerate(results[target.name]) if points is None}
+    prepared = {index: _prepared_reference(references[index], settings) for index in sorted(needed)}
+    pending: dict[Future, tuple[Target, int]] = {}
+    stopped = False
 
-    def register_target(target: Target) -> bool:
-        image = None
-        for index, reference in enumerate(references):
-            if results[target.name][index] is not None:
+    def collect(done) -> None:
+        for future in done:
+            target, index = pending.pop(future)
+            if future.cancelled():
                 continue
-            if failed.is_set() or (stop is not None and stop()):
-                return False
-            try:
-                if image is None:
-                    image = prepare_image(target.load(), settings)
-                reference_image, volume, landmarks = prepared[index]
-                points, metric = transfer_landmarks(image, reference_image, volume, landmarks, settings)
-            except BaseException:
-                failed.set()
-                raise
-            _write_pair(_pair_path(output, target.name, reference.name),
-                        _pair_key(target, reference, names, settings), points, metric)
+            carried, metric = future.result()
+            points = np.full((len(names), 3), np.nan)
+            points[prepared[index][1]] = carried
+            _write_pair(_pair_path(output, target.name, references[index].name),
+                        _pair_key(target, references[index], names, settings), points, metric)
             results[target.name][index] = points
-            with lock:
-                bar.update()
-        return True
+            bar.update()
 
     with tqdm(total=len(targets) * len(references), initial=stored, disable=not progress, desc="registration",
-              unit="pair") as bar, shared_threads(workers), ThreadPoolExecutor(max(1, workers)) as pool:
-        prepared.update(zip(needed, pool.map(lambda index: _prepared_reference(references[index], settings), needed)))
-        finished = list(pool.map(register_target, missing))
-    return results if all(finished) else None
+              unit="pair") as bar, _registration_pool(workers) as pool:
+        try:
+            for target in missing:
+                image = None
+                for index in (index for index, points in enumerate(results[target.name]) if points is None):
+                    stopped = stop is not None and stop()
+                    if stopped:
+                        break
+                    if image is None:
+                        image = prepare_image(target.load(), settings)
+                    reference_image, _, points = prepared[index]
+                    pending[pool.submit(carry_points, image, reference_image, points, settings)] = (target, index)
+                    while len(pending) >= 2 * workers:
+                        collect(wait(pending, return_when=FIRST_COMPLETED).done)
+                if stopped:
+                    break
+            if stopped:
+                for future in pending:
+                    future.cancel()
+            collect(wait(pending).done)
+        finally:
+            for future in pending:
+                future.cancel()
+    return None if stopped else results
+
+
+def _registration_pool(workers: int) -> Executor:
+    """Where pairs are registered: in this process one at a time, or in `workers` processes that
+    share SimpleITK's threads."""
+    if workers <= 1:
+        return ThreadPoolExecutor(1)
+    threads = max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() // workers)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=use_threads,
+                               initargs=(threads,))
 
 
 def _prepared_reference(reference: Reference, settings: RegistrationSettings) -> tuple:
+    """The reference's registration image, which of its landmarks have structure support, and
+    their positions."""
     volume, landmarks = reference.load()
-    return prepare_image(volume, settings), volume, landmarks
+    image = prepare_image(volume, settings)
+    usable = supported(volume, landmarks, image.threshold)
+    return image, usable, landmarks.positions[usable]
 
 
 def registration_labels(names: Sequence[str], descriptions: Sequence[str],
