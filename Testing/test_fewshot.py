@@ -133,14 +133,23 @@ def one_shot_run(tmp_path, monkeypatch) -> tuple[Path, Path, list[str]]:
 def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, capsys):
     data, output, arguments = one_shot_run(tmp_path, monkeypatch)
     assert main(arguments) == 0
-    assert f"model package: {output / 'package'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"model package: {output / 'package'}" in printed
     state = json.loads((output / "fewshot.json").read_text(encoding="utf-8"))
-    assert state["rounds"] == 2 and len(state["movement_mm"]) == 1
+    assert state["rounds"] == 2 and len(state["movement_mm"]) == 2
     labels = read_landmarks(output / "pseudo_labels" / "round-0" / "p2.mrk.json")
     assert labels.present.sum() >= len(labels) - 2
     assert np.all((labels.confidence[labels.present] > 0) & (labels.confidence[labels.present] <= 1))
     assert (output / "pseudo_labels" / "round-1" / "done.json").is_file()
+    final = read_landmarks(output / "labels" / "p2.mrk.json")
+    last = read_landmarks(output / "pseudo_labels" / "round-2" / "p2.mrk.json")
+    assert final.positions.tolist() == last.positions.tolist()
+    known = final.expected_error[final.present & np.isfinite(final.expected_error)]
+    assert len(known) and np.all(known > 0)
+    assert f"Landmarks of the 2 unannotated scans: {output / 'labels'}" in printed
+    assert state["model_error_mm"] > state["labels_error_mm"] and "less accurate than those labels" in printed
     manifest = read_package(output / "package").manifest
+    assert manifest["training"]["few_shot"]["model_validation_mm"] == state["model_error_mm"]
     assert manifest["training"]["few_shot"]["references"] == ["p1"]
     assert manifest["training"]["few_shot"]["pseudo_labelled_cases"] == ["p2", "p3"]
     assert sorted(manifest["training"]["data"]["pseudo_labelled_cases"]) == ["p2", "p3"]
@@ -162,6 +171,9 @@ def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, c
     monkeypatch.setattr(pseudo_labels, "carry_points", refuse)
     assert main(arguments + ["--resume"]) == 0
     assert [path.stat().st_mtime_ns for path in pairs] == stamps
+    assert json.loads((output / "fewshot.json").read_text(encoding="utf-8"))["rounds"] == 2
+    assert main(arguments + ["--resume", "--rounds", "3"]) == 0
+    assert read_package(output / "package").manifest["training"]["few_shot"]["rounds"] == 3
 
 
 def test_a_time_limit_in_a_later_round_leaves_the_previous_rounds_model(tmp_path, monkeypatch, capsys):
@@ -177,6 +189,8 @@ def test_a_time_limit_in_a_later_round_leaves_the_previous_rounds_model(tmp_path
     cut = read_package(output / "package")
     assert cut.manifest["training"]["few_shot"]["stopped_in_round"] == 2
     assert cut.manifest["training"]["few_shot"]["rounds"] == 1
+    assert (read_landmarks(output / "labels" / "p3.mrk.json").positions.tolist()
+            == read_landmarks(output / "pseudo_labels" / "round-1" / "p3.mrk.json").positions.tolist())
     first = read_package(output / "rounds" / "1" / "package").state_dict()
     assert all(np.array_equal(cut.state_dict()[key], first[key]) for key in first)
 
@@ -192,7 +206,7 @@ def test_round_budget_is_what_registration_and_relabelling_leave(tmp_path):
     settings = FewShotSettings(rounds=2)
     output = tmp_path / "run"
     pairs = 2 * 3 * fewshot.SECONDS_PER_PAIR / 60
-    relabel = 3 * fewshot.SECONDS_PER_RELABEL / 60
+    relabel = 2 * 3 * fewshot.SECONDS_PER_RELABEL / 60
     assert fewshot.round_minutes(source, settings, output, 60.0) == pytest.approx((60.0 - pairs - relabel) / (4 / 3))
     stored = pseudo_labels._pair_path(output, source.unannotated_cases()[0], source.cases()[0])
     stored.parent.mkdir(parents=True)

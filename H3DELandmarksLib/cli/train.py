@@ -43,6 +43,7 @@ from ..training.fewshot import (
     ROUNDS_DIR,
     STATE_FILE,
     FewShotSettings,
+    few_shot_outcome,
     few_shot_summary,
     needs_pseudo_labels,
     registration_workers,
@@ -147,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("Stopped at the time limit before every stage had finished an epoch; no model package yet.")
         print(f"The checkpoint is in {output}; continue with: {again}")
+    if few_shot is not None:
+        for line in few_shot_outcome(output):
+            print(line)
     return 0
 
 

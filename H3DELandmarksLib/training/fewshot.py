@@ -14,16 +14,20 @@ template is given:
    position by the weight of their expected errors (`pseudo_labels.model_labels`; the model's is
    its validation error, measured on held-out pseudo-labelled scans); when the labels moved less
    than the tolerance (median over points) and the model validates at or below their median
-   expected error (labels a worse model could not move have not settled), or after the last
-   round, training stops.
+   expected error (labels a worse model could not move have not settled), training stops, and
+   after the last round (resuming with more rounds continues from there).
 
-Run folder: ``registration/`` (per-pair cache), ``pseudo_labels/round-<r>/`` (the labels round
-r + 1 trains on), ``rounds/<r>/`` (each round's checkpoint, log and package), ``cache/`` (the cases,
-shared by the rounds), ``fewshot.json`` (the finished rounds and how far the labels moved) and
-``package/`` (the last round's model). Every step writes atomically and is skipped when its
-result is already there, so ``resume=True`` after a time limit or Ctrl-C continues where the run
-stopped. A time limit in a later round leaves ``package/`` holding the last finished round's model
-(its manifest names the round that was cut), usable at once.
+Run folder: ``registration/`` (per-pair cache), ``pseudo_labels/round-<r>/`` (the labels after
+round r, the ones round r + 1 trains on), ``rounds/<r>/`` (each round's checkpoint, log and
+package), ``cache/`` (the cases, shared by the rounds), ``fewshot.json`` (the finished rounds, how
+far the labels moved, the last model's validation error and the labels' median expected error),
+``package/`` (the last round's model) and ``labels/`` (the latest labels of the unannotated
+scans, one ``.mrk.json`` each with every point's expected error: the run's landmarks for the
+scans it was given, never worse than the registrations, since a worse model barely moves them).
+Every step writes atomically and is skipped when its result is already there, so ``resume=True``
+after a time limit or Ctrl-C continues where the run stopped. A time limit in a later round leaves
+``package/`` holding the last finished round's model (its manifest names the round that was cut),
+usable at once; a time limit in any round leaves ``labels/``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from .pseudo_labels import (
     file_digest,
     label_movement,
     labels_settled,
+    median_expected_error,
     model_labels,
     pending_pairs,
     read_label_set,
@@ -77,6 +82,7 @@ SECONDS_PER_PAIR = 20.0
 SECONDS_PER_RELABEL = 3.0
 STATE_FILE = "fewshot.json"
 LABELS_DIR = "pseudo_labels"
+OUTPUT_LABELS_DIR = "labels"
 ROUNDS_DIR = "rounds"
 TEMPLATE = "template"
 
@@ -133,12 +139,12 @@ def round_minutes(source: GenericDataset, settings: FewShotSettings, output: str
                   max_minutes: float, workers: int = 1) -> float:
     """Minutes the first round's training may plan within `max_minutes`: what is left after
     registering the pairs not yet stored in `output` (`workers` at a time) and re-labelling the
-    unannotated scans between rounds (at least a twentieth of the budget), shared with the later
+    unannotated scans after each round (at least a twentieth of the budget), shared with the later
     rounds, which each train a third as long."""
     references = [reference.name for reference in _references(source, settings)]
     scans = source.unannotated_cases()
     before = (pending_pairs(Path(output), scans, references) * SECONDS_PER_PAIR / workers
-              + (settings.rounds - 1) * len(scans) * SECONDS_PER_RELABEL) / 60.0
+              + settings.rounds * len(scans) * SECONDS_PER_RELABEL) / 60.0
     rounds = 1 + (settings.rounds - 1) * FINE_TUNING_EPOCH_FRACTION
     return max(max_minutes - before, max_minutes / 20.0) / rounds
 
@@ -184,7 +190,7 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
         if number <= state["rounds"]:
             labels = read_label_set(output / LABELS_DIR / f"round-{number}", names) or labels
             result = TrainingResult(True, folder, folder / PACKAGE_DIR, state["metrics"])
-            if state["stopped"] and number == state["rounds"]:
+            if state.get("settled") and number == state["rounds"]:
                 break
             continue
         remaining = None if deadline is None else max(0.0, (deadline - time.monotonic()) / 60.0)
@@ -196,31 +202,60 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
                        command=command, initial=_previous_round(output, number, config, names, descriptions),
                        pseudo_labels=labels, cache_dir=output / CACHE_DIR)
         if not result.finished:
+            _write_labels(output, labels, state)
             if number == 1:
                 return TrainingResult(False, output, None, result.metrics)
             previous = output / ROUNDS_DIR / str(number - 1) / PACKAGE_DIR
             package = _write_package(output, previous, config, references, unannotated, state, registration,
                                      stopped_in_round=number)
             return TrainingResult(False, output, package, state["metrics"])
-        stopped = number == settings.rounds
-        if not stopped:
-            predictor = Predictor.from_model(result.package, device=device, threads=threads)
-            model_error = result.metrics.get(config.stages[-1].name, {}).get("val_mre_mm", scale)
-            updated = model_labels(lambda volume: predictor.predict(volume).landmarks, targets, labels, model_error,
-                                   scale, progress)
-            moved = label_movement(labels, updated)
-            stopped = labels_settled(moved, tolerance, model_error, labels)
-            write_label_set(output / LABELS_DIR / f"round-{number}", updated)
-            labels = updated
-            state["movement_mm"].append(round(moved, 4))
-            if progress:
-                tqdm.write(f"Round {number}: pseudo-labels moved {moved:.3g} mm (median; tolerance {tolerance:.3g} mm)")
-        state.update(rounds=number, stopped=stopped, metrics=result.metrics)
+        predictor = Predictor.from_model(result.package, device=device, threads=threads)
+        model_error = result.metrics.get(config.stages[-1].name, {}).get("val_mre_mm", scale)
+        updated = model_labels(lambda volume: predictor.predict(volume).landmarks, targets, labels, model_error,
+                               scale, progress)
+        moved = label_movement(labels, updated)
+        settled = labels_settled(moved, tolerance, model_error, labels)
+        write_label_set(output / LABELS_DIR / f"round-{number}", updated)
+        labels = updated
+        state["movement_mm"].append(round(moved, 4))
+        if progress:
+            tqdm.write(f"Round {number}: pseudo-labels moved {moved:.3g} mm (median; tolerance {tolerance:.3g} mm)")
+        state.update(rounds=number, settled=settled, metrics=result.metrics, model_error_mm=round(model_error, 4))
         _write_state(output, state)
-        if stopped:
+        if settled:
             break
+    _write_labels(output, labels, state)
     package = _write_package(output, result.package, config, references, unannotated, state, registration)
     return TrainingResult(True, output, package, state["metrics"])
+
+
+def few_shot_outcome(output: str | os.PathLike) -> list[str]:
+    """Sentences for the user on the few-shot run in `output`: where the unannotated scans'
+    landmarks are, and whether the model has learned them (it validates at or below their median
+    expected error) or needs more training."""
+    output = Path(output)
+    path = output / STATE_FILE
+    if not path.is_file() or not (output / OUTPUT_LABELS_DIR).is_dir():
+        return []
+    state = json.loads(path.read_text(encoding="utf-8"))
+    count = len(json.loads((output / OUTPUT_LABELS_DIR / "done.json").read_text(encoding="utf-8")))
+    label_error, model_error = state.get("labels_error_mm"), state.get("model_error_mm")
+    spread = "" if label_error is None else f" (median expected error {label_error:.3g} mm)"
+    lines = [f"Landmarks of the {count} unannotated scans: {output / OUTPUT_LABELS_DIR}{spread}."]
+    if model_error is not None and label_error is not None and model_error > label_error:
+        lines.append(f"The model validates at {model_error:.3g} mm, less accurate than those labels: for these scans "
+                     f"use {output / OUTPUT_LABELS_DIR}; for new scans train on (--resume with a larger --max-minutes, "
+                     "or more --rounds).")
+    return lines
+
+
+def _write_labels(output: Path, labels: dict[str, Landmarks], state: dict) -> None:
+    """``OUT/labels``: the latest labels of the unannotated scans, and their median expected error
+    in the run's state."""
+    write_label_set(output / OUTPUT_LABELS_DIR, labels)
+    error = median_expected_error(labels)
+    state["labels_error_mm"] = None if error is None else round(error, 4)
+    _write_state(output, state)
 
 
 def _write_package(output: Path, round_package: Path, config: TrainingConfig, references: list[Reference],
@@ -234,6 +269,7 @@ def _write_package(output: Path, round_package: Path, config: TrainingConfig, re
     few_shot = {
         "references": [reference.name for reference in references], "pseudo_labelled_cases": unannotated,
         "rounds": state["rounds"], "label_movement_mm": state["movement_mm"],
+        "model_validation_mm": state.get("model_error_mm"), "label_expected_error_mm": state.get("labels_error_mm"),
         "later_rounds": {"epoch_fraction": FINE_TUNING_EPOCH_FRACTION, "lr_factor": FINE_TUNING_LR_FACTOR},
         "registration": dataclasses.asdict(registration)}
     if stopped_in_round is not None:
@@ -303,7 +339,7 @@ def _initial_state(output: Path, config: TrainingConfig, resume: bool, overwrite
             if stale.is_dir():
                 remove_directory(stale)
         path.unlink(missing_ok=True)
-    return {"config_sha256": config.sha256, "rounds": 0, "stopped": False, "movement_mm": [], "metrics": {}}
+    return {"config_sha256": config.sha256, "rounds": 0, "settled": False, "movement_mm": [], "metrics": {}}
 
 
 def _write_state(output: Path, state: dict) -> None:

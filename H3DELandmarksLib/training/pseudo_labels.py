@@ -219,11 +219,17 @@ def labels_settled(moved_mm: float, tolerance_mm: float, model_error_mm: float,
     """Whether re-labelling converged: the labels moved less than `tolerance_mm` and the model
     validates at or below their median expected error. Labels that a worse model could not move
     have not converged: the model needs more training (see `model_labels`)."""
+    error = median_expected_error(labels)
+    return moved_mm < tolerance_mm and (error is None or model_error_mm <= error)
+
+
+def median_expected_error(labels: dict[str, Landmarks]) -> float | None:
+    """Median expected error (mm) of the present points of `labels`; None when none is known."""
     errors = [landmarks.expected_error[landmarks.present] for landmarks in labels.values()
               if landmarks.expected_error is not None]
     known = np.concatenate(errors) if errors else np.empty(0)
     known = known[np.isfinite(known)]
-    return moved_mm < tolerance_mm and (not len(known) or model_error_mm <= float(np.median(known)))
+    return float(np.median(known)) if len(known) else None
 
 
 def write_label_set(folder: Path, labels: dict[str, Landmarks]) -> None:
