@@ -120,6 +120,18 @@ def test_finetune_data_holds_the_ten_annotated_cases_and_no_unannotated_scan(ben
     assert GenericDataset(few_shot).unannotated_cases() == sorted([*EVALUATED, "R1_"])
 
 
+def test_the_few_shot_table_has_the_model_and_the_runs_final_labels(bench, tmp_path):
+    atlas = write_atlas(tmp_path / "atlas", bench.FIVE)
+    run = tmp_path / "run"
+    write_run(run, atlas, bench.FIVE, detections_mm=0.4)
+    assert list(bench.few_shot_columns(run, atlas, EVALUATED, 5)) == ["5-shot"]
+    for case in EVALUATED:
+        write_landmarks(run / "train" / "labels" / f"{case}.mrk.json", shifted(atlas, case, 0.1))
+    columns = bench.few_shot_columns(run, atlas, EVALUATED, 5)
+    assert all(columns["5-shot"][case] == pytest.approx(0.4) for case in EVALUATED)
+    assert all(columns["5-shot labels"][case] == pytest.approx(0.1) for case in EVALUATED)
+
+
 def test_training_resumes_and_adds_up_its_wall_time_and_is_skipped_once_finished(bench, tmp_path, monkeypatch):
     folder, commands = tmp_path / "train", []
 

@@ -16,7 +16,8 @@ rest runs the product's own commands on it:
 
 ``all`` = ``prepare``, then ``h3de train --data RUN/data --output RUN/train`` (few-shot, recipe
 derived from the data, bone from 30), then ``h3de detect`` and ``h3de evaluate`` on the exact cases
-that are not references, and the table beside the baseline. ``pseudo-labels`` runs the
+that are not references, and the table beside the baseline, with a column for the run's final
+labels of those scans (``RUN/train/labels``, the landmarks `h3de train` leaves for them). ``pseudo-labels`` runs the
 registration step alone (cached in ``RUN/train/registration``, where the training run finds it)
 and scores the fused registration labels of the exact cases beside the baseline.
 
@@ -54,7 +55,7 @@ import numpy as np
 from H3DELandmarksLib.atomic import atomic_write_text
 from H3DELandmarksLib.data.datasets import GenericDataset
 from H3DELandmarksLib.data.registration import RegistrationSettings
-from H3DELandmarksLib.training.fewshot import registration_workers
+from H3DELandmarksLib.training.fewshot import OUTPUT_LABELS_DIR, registration_workers
 from H3DELandmarksLib.training.pseudo_labels import (
     Reference,
     Target,
@@ -130,9 +131,19 @@ def few_shot(args: argparse.Namespace) -> int:
     detect(run / "train" / "package", atlas, exact, run / "detected", args.threads, timing, "detect_s")
     evaluate(run / "detected", atlas, args.shots, run / "report", f"{args.shots}-shot", timing)
     _write_timing(run, timing)
-    _compare({f"{args.shots}-shot": folder_errors(run / "detected", atlas, exact)}, atlas, args.shots)
+    _compare(few_shot_columns(run, atlas, exact, args.shots), atlas, args.shots)
     print_times(f"{args.shots}-shot", run)
     return 0
+
+
+def few_shot_columns(run: Path, atlas: Path, cases: list[str], shots: int) -> dict[str, dict[str, float]]:
+    """Per-case errors on `cases` of the run's model (its detections) and, when the run wrote them,
+    of its final labels of the unannotated scans (``train/labels``)."""
+    columns = {f"{shots}-shot": folder_errors(run / "detected", atlas, cases)}
+    labels = run / "train" / OUTPUT_LABELS_DIR
+    if labels.is_dir():
+        columns[f"{shots}-shot labels"] = folder_errors(labels, atlas, cases)
+    return columns
 
 
 def finetune(args: argparse.Namespace) -> int:
