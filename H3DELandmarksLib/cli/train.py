@@ -94,7 +94,8 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     add_parent_guard_option(parser)
     few_shot = parser.add_argument_group("few-shot training (when DIR has unannotated scans)")
     few_shot.add_argument("--rounds", type=int, default=2, metavar="N",
-                          help="most training rounds, each re-labelling the unannotated scans (default: 2)")
+                          help="most training rounds, each re-labelling the unannotated scans into OUTPUT/labels "
+                               "(default: 2; --resume with more continues a finished run)")
     few_shot.add_argument("--label-tolerance", type=float, metavar="MM",
                           help="stop once the pseudo-labels move less than this (median; default: half the finest "
                                "stage spacing)")
