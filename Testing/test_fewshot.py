@@ -1,6 +1,7 @@
 """Registration, fusion of estimates, unannotated cases and few-shot training in rounds."""
 
 import json
+import types
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from H3DELandmarksLib.data.registration import (
 )
 from H3DELandmarksLib.data.volume import Volume
 from H3DELandmarksLib.data.volume_io import write_volume
+from H3DELandmarksLib.errors import CheckpointError
 from H3DELandmarksLib.registry import read_package
 from H3DELandmarksLib.cli import train as train_cli
 from H3DELandmarksLib.training import fewshot, pseudo_labels
@@ -176,6 +178,17 @@ def test_one_shot_run_in_two_rounds_detects_and_resumes(tmp_path, monkeypatch, c
     assert read_package(output / "package").manifest["training"]["few_shot"]["rounds"] == 3
 
 
+def test_overwrite_removes_the_previous_runs_labels(tmp_path):
+    output = tmp_path / "run"
+    write_landmarks(output / "labels" / "p2.mrk.json", make_phantom(2, size=(32, 32, 32), spacing=4.0)[1])
+    (output / "fewshot.json").write_text("{}", encoding="utf-8")
+    config = types.SimpleNamespace(sha256="the recipe's digest")
+    with pytest.raises(CheckpointError):
+        fewshot._initial_state(output, config, resume=False, overwrite=False)
+    assert fewshot._initial_state(output, config, resume=False, overwrite=True)["rounds"] == 0
+    assert not (output / "labels").exists() and not (output / "fewshot.json").exists()
+
+
 def test_a_time_limit_in_a_later_round_leaves_the_previous_rounds_model(tmp_path, monkeypatch, capsys):
     _, output, arguments = one_shot_run(tmp_path, monkeypatch)
     uncut = fewshot.train
@@ -251,7 +264,6 @@ def test_parallel_registration_stores_the_same_pairs_and_resumes_after_a_stop(tm
     assert {path: path.stat().st_mtime_ns for path in first} == first and len(list(stored.rglob("*.json"))) == 6
     for target in source.unannotated_cases():
         np.testing.assert_array_equal(np.array(two_at_a_time[target]), np.array(one_at_a_time[target]))
-    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 2
 
 
 def test_labels_a_worse_model_cannot_move_have_not_settled():

@@ -75,8 +75,8 @@ from .recipe import DataSummary, summarize_data
 
 # Planning costs on a 2-core CPU, from the mouse atlas (bench/fewshot_mouse.py,
 # bench/parallel_registration_bench.py): seconds of one registration worker to register one
-# reference onto one scan (2 workers of 1 thread each took 16-21 s per pair on the idle machine,
-# one worker of 2 threads 13-15 s), and to re-label one scan with a round's model on 2 threads
+# reference onto one scan (2 worker processes of 1 thread each took 21 s per pair and worker on
+# the idle machine, one worker of 2 threads 15.5 s), and to re-label one scan with a round's model on 2 threads
 # (h3de detect took 2.0 s per scan; 3 s leaves room for loading it).
 SECONDS_PER_PAIR = 20.0
 SECONDS_PER_RELABEL = 3.0
@@ -335,7 +335,7 @@ def _initial_state(output: Path, config: TrainingConfig, resume: bool, overwrite
         if not overwrite:
             raise CheckpointError(
                 f"{output} already holds a training run; pass --resume to continue it or --overwrite to start over.")
-        for stale in (output / ROUNDS_DIR, output / LABELS_DIR, output / PACKAGE_DIR):
+        for stale in (output / ROUNDS_DIR, output / LABELS_DIR, output / PACKAGE_DIR, output / OUTPUT_LABELS_DIR):
             if stale.is_dir():
                 remove_directory(stale)
         path.unlink(missing_ok=True)
