@@ -4,8 +4,9 @@ When a generic dataset has unannotated scans (volumes without a landmark file), 
 template is given:
 
 1. every reference (each annotated case, or the template alone) is registered onto every
-   unannotated scan and the estimates are fused into round-0 pseudo-labels, weighted by their
-   reliability (`pseudo_labels`);
+   unannotated scan, each estimate is sharpened by patch matching at native resolution, and the
+   estimates are fused into round-0 pseudo-labels, weighted by their reliability
+   (`pseudo_labels`);
 2. round r trains the networks on the annotated plus pseudo-labelled cases (a few pseudo-labelled
    cases validate, see `TrainingData`); round 1 starts from seeded random weights with the full
    recipe, every later round from the previous round's weights with a fine-tuning schedule (a
@@ -46,6 +47,7 @@ from ..atomic import atomic_write_text, remove_directory
 from ..data.datasets import GenericDataset, match_landmarks
 from ..data.landmark_files import read_landmarks
 from ..data.landmarks import Landmarks
+from ..data.patch_matching import MatchSettings
 from ..data.registration import RegistrationSettings
 from ..data.volume import Volume
 from ..data.volume_io import read_volume
@@ -62,6 +64,8 @@ from .pseudo_labels import (
     file_digest,
     label_movement,
     labels_settled,
+    match_settings,
+    matched_estimates,
     median_expected_error,
     model_labels,
     pending_pairs,
@@ -169,6 +173,7 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
     names, descriptions, first = _landmark_set(references)
     registration = run_settings(settings.registration, first)
     targets = [Target(case, source.fingerprint(case), lambda case=case: source.load(case)[0]) for case in unannotated]
+    matching = match_settings(targets)
     finest = min(min(stage.spacing_mm) for stage in config.stages)
     scale = settings.reliability_scale_mm or finest
     tolerance = settings.tolerance_mm if settings.tolerance_mm is not None else finest / 2
@@ -181,6 +186,7 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
                                         workers=registration_workers(threads))
         if estimates is None:
             return TrainingResult(False, output, None, {})
+        estimates = matched_estimates(references, targets, estimates, matching, progress)
         labels = registration_labels(names, descriptions, estimates, scale)
         write_label_set(output / LABELS_DIR / "round-0", labels)
 
@@ -207,7 +213,7 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
                 return TrainingResult(False, output, None, result.metrics)
             previous = output / ROUNDS_DIR / str(number - 1) / PACKAGE_DIR
             package = _write_package(output, previous, config, references, unannotated, state, registration,
-                                     stopped_in_round=number)
+                                     matching, stopped_in_round=number)
             return TrainingResult(False, output, package, state["metrics"])
         predictor = Predictor.from_model(result.package, device=device, threads=threads)
         model_error = result.metrics.get(config.stages[-1].name, {}).get("val_mre_mm", scale)
@@ -225,7 +231,8 @@ def train_few_shot(config: TrainingConfig, output_dir: str | os.PathLike, data_r
         if settled:
             break
     _write_labels(output, labels, state)
-    package = _write_package(output, result.package, config, references, unannotated, state, registration)
+    package = _write_package(output, result.package, config, references, unannotated, state, registration,
+                             matching)
     return TrainingResult(True, output, package, state["metrics"])
 
 
@@ -260,7 +267,7 @@ def _write_labels(output: Path, labels: dict[str, Landmarks], state: dict) -> No
 
 def _write_package(output: Path, round_package: Path, config: TrainingConfig, references: list[Reference],
                    unannotated: list[str], state: dict, registration: RegistrationSettings,
-                   stopped_in_round: int | None = None) -> Path:
+                   matching: MatchSettings, stopped_in_round: int | None = None) -> Path:
     """``OUT/package``: the model of `round_package` with round 1's recipe and the few-shot
     provenance; `stopped_in_round` records the round a time limit cut (the model is then the
     round before it, and resuming continues that round)."""
@@ -271,7 +278,8 @@ def _write_package(output: Path, round_package: Path, config: TrainingConfig, re
         "rounds": state["rounds"], "label_movement_mm": state["movement_mm"],
         "model_validation_mm": state.get("model_error_mm"), "label_expected_error_mm": state.get("labels_error_mm"),
         "later_rounds": {"epoch_fraction": FINE_TUNING_EPOCH_FRACTION, "lr_factor": FINE_TUNING_LR_FACTOR},
-        "registration": dataclasses.asdict(registration)}
+        "registration": dataclasses.asdict(registration),
+        "patch_matching": dataclasses.asdict(matching)}
     if stopped_in_round is not None:
         few_shot["stopped_in_round"] = stopped_in_round
     manifest["training"] = {**manifest["training"], "recipe": config.raw, "few_shot": few_shot}
