@@ -248,7 +248,13 @@ def test_training_writes_the_log_and_a_package_of_two_networks(trained):
     assert set(manifest["training"]["metrics"]) == {"coarse", "fine"}
     assert manifest["training"]["command"][:2] == ["h3de", "train"]
     keys = load_file(trained / "package" / "model.safetensors")
-    assert {key.split(".")[0] for key in keys} == {"coarse", "fine"}
+    assert {key.split(".")[0] for key in keys} == {"coarse", "fine", "patches"}
+    assert {key.split(".")[0] for key in package.state_dict()} == {"coarse", "fine"}
+    matching = manifest["patch_matching"]
+    assert matching["references"] and "phantom-0" not in matching["references"]
+    references = package.reference_patches()
+    assert len(references) == len(matching["references"])
+    assert references[0].positions.shape == (12, 3) and references[0].blocks.std() > 0
     networks = load_stage_networks(trained / "package")
     assert set(networks) == {"coarse", "fine"}
     with torch.no_grad():
@@ -274,7 +280,8 @@ def test_resume_continues_bit_exactly(trained, tmp_path, capsys):
     uninterrupted = load_file(trained / "package" / "model.safetensors")
     resumed = load_file(output / "package" / "model.safetensors")
     assert uninterrupted.keys() == resumed.keys()
-    assert all(torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted)
+    assert all(torch.allclose(uninterrupted[key], resumed[key], rtol=0, atol=0, equal_nan=True)
+               for key in uninterrupted)
     logged = [row["val_loss"] for row in csv.DictReader(open(output / "training_log.csv"))]
     assert logged == [row["val_loss"] for row in csv.DictReader(open(trained / "training_log.csv"))]
 
@@ -336,7 +343,8 @@ def test_a_shape_aligned_fine_stage_ships_the_mean_shape_and_detects(tmp_path):
     again = train(changed, tmp_path / "run", resume=True, threads=1, progress=False)
     fine = read_package(again.package).manifest["preprocessing"]["stages"][1]
     assert (fine["passes"], fine["shape_prior_mm"]) == (3, 1.5)
-    assert all(torch.equal(weights[key], tensor) for key, tensor in load_file(again.package / "model.safetensors").items())
+    assert all(torch.allclose(weights[key], tensor, rtol=0, atol=0, equal_nan=True)
+               for key, tensor in load_file(again.package / "model.safetensors").items())
 
 
 @pytest.mark.slow
@@ -356,11 +364,12 @@ def test_a_partial_recipe_adds_a_refine_stage_that_trains_packages_and_detects_l
     metrics = manifest["training"]["metrics"]
     assert metrics["refine"]["validation_patches"] == metrics["fine"]["validation_patches"] == 2
     assert np.isfinite(metrics["refine"]["val_mre_mm"])
-    assert {key.split(".")[0] for key in load_file(output / "package" / "model.safetensors")} == {
+    assert {key.split(".")[0] for key in read_package(output / "package").state_dict()} == {
         "coarse", "fine", "refine"}
     data = TrainingData(parse_training_config(recipe), output / "cache")
     volume, _ = data.case(data.validation_cases[0])
     detection = Predictor.from_model(output / "package", device="cpu").predict(volume)
     assert np.all(np.isfinite(detection.landmarks.positions))
     assert {"refine_preprocessing", "refine_network", "refine_decoding"} <= set(detection.timings)
-    assert set(detection.signals) == {"pass_shift_mm", "shape_residual_mm", "confidence"}
+    assert set(detection.signals) == {"pass_shift_mm", "shape_residual_mm", "confidence", "match_spread_mm"}
+    assert "patch matching" in detection.timings

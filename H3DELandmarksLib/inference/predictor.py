@@ -14,6 +14,9 @@ peak is chosen under a Gaussian prior around its fitted position (look-alikes su
 structure's mirror image lose against the peak where the skull's shape expects the landmark).
 With ``tta_rotations`` the last pass runs again with its patch axes tilted by ``tta_degrees``;
 each position is the median of those runs and their spread a signal of its reliability.
+A package with reference patches (``patch_matching``) then moves each position to the median of
+the references' best patch matches around it at native resolution (`data.patch_matching`; on the
+mouse atlas's held-out cases 0.205 -> 0.14 mm), their spread another reliability signal.
 A manifest with a single stage runs it in windows over the whole volume. Each detection also gives
 per-point signals of its own reliability (`uncertainty`), which a manifest's fitted error model
 turns into an expected error in millimetres. No ground truth is used
@@ -23,6 +26,7 @@ i, j, k axes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -36,7 +40,9 @@ import torch
 from scipy.spatial.transform import Rotation
 from torch import nn
 
+from ..data.landmark_fusion import fuse_estimates
 from ..data.landmarks import Landmarks
+from ..data.patch_matching import LandmarkPatches, MatchSettings, match_patches
 from ..data.preprocessing import IntensityMap, extract_patch, grid_window_centre, stage_direction, stage_grid
 from ..data.shape import robust_shape_fit
 from ..data.volume import Volume
@@ -120,11 +126,14 @@ class Predictor:
         threads: CPU threads for PyTorch (None: `default_threads()`, the cores not kept busy).
         confidence_threshold: overrides the manifest's threshold below which a landmark is absent.
         batch_size: patches per forward pass (default: 1 on CPU, 4 on a GPU).
+        references: the package's reference patches (`ModelPackage.reference_patches`), matched
+            with the manifest's ``patch_matching`` settings; none: positions stay the network's.
     """
 
     def __init__(self, net: nn.Module | dict[str, nn.Module], manifest: dict, device: str = "auto",
                  threads: int | None = None,
-                 confidence_threshold: float | None = None, batch_size: int | None = None) -> None:
+                 confidence_threshold: float | None = None, batch_size: int | None = None,
+                 references: Sequence[LandmarkPatches] = ()) -> None:
         validate_manifest(manifest)
         set_threads(default_threads() if threads is None else threads)
         self.device = resolve_device(device)
@@ -152,16 +161,24 @@ class Predictor:
         self.batch_size = batch_size or (1 if self.device.type == "cpu" else GPU_BATCH_SIZE)
         uncertainty = manifest.get("uncertainty")
         self.error_model = None if uncertainty is None else ErrorModel.from_manifest(uncertainty)
+        self.references = list(references)
+        matching = manifest.get("patch_matching")
+        self.match_settings = None if matching is None else MatchSettings(
+            matching["half_size_mm"], matching["search_mm"], matching["step_mm"])
+        if self.references and self.match_settings is None:
+            raise H3DEError(f"Model {manifest['id']} has reference patches but no patch_matching settings.")
 
     @classmethod
     def from_model(cls, id_or_path: str | os.PathLike, device: str = "auto", threads: int | None = None,
                    cache_dir: str | os.PathLike | None = None, confidence_threshold: float | None = None,
-                   batch_size: int | None = None) -> "Predictor":
-        """Predictor for a model package path, "ID" or "ID@VERSION" (bundled or cached, offline)."""
+                   batch_size: int | None = None, patch_matching: bool = True) -> "Predictor":
+        """Predictor for a model package path, "ID" or "ID@VERSION" (bundled or cached, offline);
+        `patch_matching` False leaves the package's reference patches unused."""
         networks = load_stage_networks(resolve_model(id_or_path, cache_dir=cache_dir))
-        manifest = next(iter(networks.values())).package.manifest
-        return cls(networks, manifest, device=device, threads=threads,
-                   confidence_threshold=confidence_threshold, batch_size=batch_size)
+        package = next(iter(networks.values())).package
+        return cls(networks, package.manifest, device=device, threads=threads,
+                   confidence_threshold=confidence_threshold, batch_size=batch_size,
+                   references=package.reference_patches() if patch_matching else ())
 
     @property
     def model_id(self) -> str:
@@ -197,8 +214,11 @@ class Predictor:
             signals = self._signals(before, final, spread)
         else:
             final = self._whole_volume(volume, self.stages[0], reporter, (0.0, 1.0), timings)
+        if self.references:
+            with _timed(timings, "patch matching"):
+                final, signals["match_spread_mm"] = self._match(volume, final, reporter)
         expected_error = None
-        if self.error_model is not None and signals:
+        if self.error_model is not None and signals and set(self.error_model.features) <= set(signals):
             expected_error = self.error_model.expected_error(signals)
         landmarks = Landmarks(
             names=list(self.names),
@@ -228,6 +248,19 @@ class Predictor:
         if spread is not None:
             signals["tta_spread_mm"] = spread
         return signals
+
+    def _match(self, volume: Volume, found: _Peaks, reporter: _Progress) -> tuple[_Peaks, np.ndarray]:
+        """`found` moved to the median of the references' patch matches, and their spread
+        (positions no reference matched stay; their spread is unknown)."""
+        matched = []
+        for reference in self.references:
+            reporter.check()
+            moved, scores = match_patches(reference, volume, found.positions, self.match_settings)
+            matched.append(np.where(np.isfinite(scores)[:, None], moved, np.nan))
+        fused = fuse_estimates(self.names, matched)
+        positions = np.where(fused.landmarks.present[:, None], fused.landmarks.positions, found.positions)
+        spread = np.where(fused.estimates > 1, fused.spread_mm, np.nan)
+        return dataclasses.replace(found, positions=positions), spread
 
     def _whole_volume(self, volume: Volume, stage: dict, reporter: _Progress, span: tuple[float, float],
                       timings: dict[str, float]) -> _Peaks:

@@ -9,9 +9,12 @@ Signals (per landmark, all from one detection and its last stage, no ground trut
   found points, puts it: a point off the skull's shape is suspect;
 - ``tta_spread_mm`` (with test-time rotations): median distance of the tilted passes' positions
   from the combined one: a point the network places differently when the patch tilts is unsure;
+- ``match_spread_mm`` (with reference patches): median distance of the references' patch matches
+  from their median, the final position: references that disagree about the point's local image
+  leave it unsure;
 - ``confidence``: the heatmap's peak height.
 
-The model, ``log(error) ≈ c · [1, log(shift + ε), log(residual + ε), log(spread + ε), confidence]``
+The model, ``log(error) ≈ c · [1, log(shift + ε), log(residual + ε), log(spread + ε), ..., confidence]``
 (the signals a detection gives), is fitted by
 least squares on held-out detections (cases the network never saw); its mean-correcting factor
 (the mean of exp(residual), Duan's smearing estimate) turns the fitted geometric mean into an
@@ -24,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FEATURES = ("pass_shift_mm", "shape_residual_mm", "tta_spread_mm", "confidence")
-LOG_FEATURES = ("pass_shift_mm", "shape_residual_mm", "tta_spread_mm")
+FEATURES = ("pass_shift_mm", "shape_residual_mm", "tta_spread_mm", "match_spread_mm", "confidence")
+LOG_FEATURES = ("pass_shift_mm", "shape_residual_mm", "tta_spread_mm", "match_spread_mm")
 EPSILON_MM = 0.01
 MIN_ERROR_MM = 1e-3
 

@@ -64,6 +64,7 @@ class Manifest:
     confidence_threshold: float = 0.5
     heatmap_peak: float | None = None
     uncertainty: Mapping | None = None
+    patch_matching: Mapping | None = None
     provenance: Mapping = field(default_factory=dict)
     data: Mapping = field(default_factory=dict)
     recipe: Mapping = field(default_factory=dict)
@@ -104,7 +105,8 @@ class Manifest:
             "created": self.created,
         }
         optional = {"heatmap_peak": self.heatmap_peak, "citation": self.citation,
-                    "uncertainty": None if self.uncertainty is None else dict(self.uncertainty)}
+                    "uncertainty": None if self.uncertainty is None else dict(self.uncertainty),
+                    "patch_matching": None if self.patch_matching is None else dict(self.patch_matching)}
         document.update({key: value for key, value in optional.items() if value is not None})
         return document
 

@@ -1,5 +1,10 @@
 """Model packages: a directory holding manifest.json and model.safetensors, or a .zip of the two.
 
+Besides the networks' weights, model.safetensors may hold the reference patches the predictor
+sharpens its positions with (`data.patch_matching`): tensors ``patches.<r>.<field>`` for the
+r-th reference named in the manifest's ``patch_matching.references``. `ModelPackage.state_dict`
+leaves them out; `ModelPackage.reference_patches` reads them.
+
 Every write is atomic: a package is built in a temporary sibling directory and renamed into place,
 so a reader never sees half a package.
 """
@@ -10,15 +15,18 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ..atomic import atomic_destination, remove_directory, temporary_sibling
 from ..checksums import CHUNK_BYTES, sha256_of
+from ..data.patch_matching import LandmarkPatches
 from ..errors import ModelPackageError
 from ..model.config import H3DEConfig
 from .manifest import read_manifest, validate_manifest
@@ -27,6 +35,8 @@ MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 PACKAGE_FILES = (MANIFEST_FILE, WEIGHTS_FILE)
 WEIGHT_DTYPES = {"F16", "BF16", "F32", "F64", "I64"}
+PATCHES_PREFIX = "patches."
+PATCH_FIELDS = ("positions", "blocks", "origins", "spacing", "direction")
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 # An archive unpacks to at most this many times its own size (floating-point weights barely
 # compress), and never less than MIN_UNPACKED_LIMIT; a manifest is at most MANIFEST_LIMIT.
@@ -68,7 +78,27 @@ class ModelPackage:
         return self.path / WEIGHTS_FILE
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights as a flat state dict of CPU tensors."""
+        """The networks' weights as a flat state dict of CPU tensors (no reference patches)."""
+        return {key: value for key, value in self._tensors().items() if not key.startswith(PATCHES_PREFIX)}
+
+    def reference_patches(self) -> list[LandmarkPatches]:
+        """The reference patches named in the manifest's ``patch_matching`` (none without it)."""
+        names = self.manifest.get("patch_matching", {}).get("references", [])
+        if not names:
+            return []
+        tensors = self._tensors()
+        patches = []
+        for index, name in enumerate(names):
+            keys = [f"{PATCHES_PREFIX}{index}.{field}" for field in PATCH_FIELDS]
+            if any(key not in tensors for key in keys):
+                raise ModelPackageError(f"{self.weights_path} lacks the patches of reference {name!r} that its "
+                                        "manifest names.")
+            positions, blocks, origins, spacing, direction = (tensors[key].double().numpy() for key in keys)
+            patches.append(LandmarkPatches(positions, blocks.astype(np.float32), origins,
+                                           tuple(float(v) for v in spacing), direction))
+        return patches
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
         try:
             return load_file(self.weights_path)
         except (SafetensorError, OSError) as error:
@@ -110,11 +140,17 @@ def check_package(directory: str | os.PathLike) -> ModelPackage:
 
 
 def write_package(directory: str | os.PathLike, manifest: dict, state_dict: dict[str, torch.Tensor],
-                  overwrite: bool = False) -> ModelPackage:
-    """Write a validated package to `directory` atomically; refuses to replace one unless `overwrite`."""
+                  overwrite: bool = False, references: Sequence[LandmarkPatches] = ()) -> ModelPackage:
+    """Write a validated package to `directory` atomically; refuses to replace one unless `overwrite`.
+    `references` are the patches of the manifest's ``patch_matching.references``, in order."""
     directory = Path(directory)
     validate_manifest(manifest)
     _check_state_dict(state_dict)
+    named = manifest.get("patch_matching", {}).get("references", [])
+    if len(named) != len(references):
+        raise ModelPackageError(f"The manifest names {len(named)} reference patch sets, but {len(references)} "
+                                "were given.")
+    state_dict = {**state_dict, **_patch_tensors(references)}
     if directory.exists() and not overwrite:
         raise ModelPackageError(f"{directory} already exists; pass overwrite (--overwrite) to replace it.")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +252,17 @@ def _check_spec(manifest: dict, expected_spec: str | None, zip_path: Path) -> No
     found = f"{manifest['id']}@{manifest['version']}"
     if expected_spec is not None and found != expected_spec:
         raise ModelPackageError(f"{zip_path} holds the model {found}, not {expected_spec} as the registry says.")
+
+
+def _patch_tensors(references: Sequence[LandmarkPatches]) -> dict[str, torch.Tensor]:
+    """The reference patches as tensors (blocks in half precision, geometry in double)."""
+    tensors = {}
+    for index, patches in enumerate(references):
+        values = (patches.positions, patches.blocks, patches.origins, np.asarray(patches.spacing), patches.direction)
+        for field, value in zip(PATCH_FIELDS, values):
+            dtype = torch.float16 if field == "blocks" else torch.float64
+            tensors[f"{PATCHES_PREFIX}{index}.{field}"] = torch.as_tensor(np.asarray(value, float), dtype=dtype)
+    return tensors
 
 
 def _check_state_dict(state_dict: dict) -> None:

@@ -284,7 +284,7 @@ def _write_package(output: Path, round_package: Path, config: TrainingConfig, re
         few_shot["stopped_in_round"] = stopped_in_round
     manifest["training"] = {**manifest["training"], "recipe": config.raw, "few_shot": few_shot}
     package = output / PACKAGE_DIR
-    write_package(package, manifest, built.state_dict(), overwrite=True)
+    write_package(package, manifest, built.state_dict(), overwrite=True, references=built.reference_patches())
     return package
 
 

@@ -49,7 +49,7 @@ from .data import TrainingData
 from .distributed import DistributedContext, distributed_context
 from .initialization import InitialModel
 from .losses import adaptive_wing_loss, hnm_heatmap_loss, proposal_loss, weighted_mse_loss
-from .packaging import build_manifest, write_trained_package
+from .packaging import build_manifest, reference_patches, write_trained_package
 from .sampling import Sample, StageSampler
 from .targets import heatmap_targets, proposal_targets
 
@@ -159,14 +159,15 @@ def _stopped_early(config: TrainingConfig, state: dict, data: TrainingData, outp
 
 def _write_run_package(package: Path, config: TrainingConfig, state: dict, data: TrainingData, metrics: dict,
                        command: object, device: torch.device, context: DistributedContext) -> None:
-    """Write the run's package from the best weights of every stage."""
+    """Write the run's package from the best weights of every stage, with reference patches."""
+    matching, references = reference_patches(data)
     manifest = build_manifest(
         config, data.names, data.descriptions, metrics, data.provenance(), command,
         {"device": str(device), "seconds": round(state["elapsed_s"], 1), "seed": config.seed,
          "processes": context.world_size},
-        data.mean_shape if config.shape_aligned else None,
+        data.mean_shape if config.shape_aligned else None, matching,
     )
-    write_trained_package(package, manifest, state["best"], overwrite=True)
+    write_trained_package(package, manifest, state["best"], overwrite=True, references=references)
 
 
 def _remove_run(output: Path) -> None:
