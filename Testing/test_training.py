@@ -373,3 +373,8 @@ def test_a_partial_recipe_adds_a_refine_stage_that_trains_packages_and_detects_l
     assert {"refine_preprocessing", "refine_network", "refine_decoding"} <= set(detection.timings)
     assert set(detection.signals) == {"pass_shift_mm", "shape_residual_mm", "confidence", "match_spread_mm"}
     assert "patch matching" in detection.timings
+    unmatched = Predictor.from_model(output / "package", device="cpu", patch_matching=False).predict(volume)
+    assert "match_spread_mm" not in unmatched.signals and "patch matching" not in unmatched.timings
+    search = manifest["patch_matching"]["search_mm"]
+    shift = np.abs(detection.landmarks.positions - unmatched.landmarks.positions)
+    assert shift.max() <= search + 1e-6 and shift.max() > 0

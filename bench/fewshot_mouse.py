@@ -19,7 +19,8 @@ derived from the data, bone from 30), then ``h3de detect`` and ``h3de evaluate``
 that are not references, and the table beside the baseline, with a column for the run's final
 labels of those scans (``RUN/train/labels``, the landmarks `h3de train` leaves for them). ``pseudo-labels`` runs the
 registration step alone (cached in ``RUN/train/registration``, where the training run finds it)
-and scores the fused registration labels of the exact cases beside the baseline.
+and scores the fused registration labels of the exact cases, without and with patch matching,
+beside the baseline.
 
 ``finetune`` fine-tunes the model of run FROM (``h3de train --init-from FROM/train/package``) on
 ``RUN/data``, the 10-shot references' volumes and landmarks alone, then detects and evaluates the
@@ -59,6 +60,8 @@ from H3DELandmarksLib.training.fewshot import OUTPUT_LABELS_DIR, registration_wo
 from H3DELandmarksLib.training.pseudo_labels import (
     Reference,
     Target,
+    match_settings,
+    matched_estimates,
     register_references,
     registration_labels,
     run_settings,
@@ -113,14 +116,15 @@ def few_shot(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
         chosen = {"exact": exact, "all": None}.get(args.cases, args.cases.split(","))
-        labels = pseudo_labels(data, run / "train", chosen, args.threads, deadline)
-        if labels is None:
+        label_sets = pseudo_labels(data, run / "train", chosen, args.threads, deadline)
+        if label_sets is None:
             print("Stopped at the time limit; the registered pairs are cached, run it again to continue.")
             return 1
         timing["registration_s"] = round(time.perf_counter() - started, 1)
-        errors = {case: case_error(labels[case], atlas, case) for case in exact if case in labels}
+        columns = {name: {case: case_error(labels[case], atlas, case) for case in exact if case in labels}
+                   for name, labels in label_sets.items()}
         _write_timing(run, timing)
-        _compare({"registration": errors}, atlas, args.shots)
+        _compare(columns, atlas, args.shots)
         return 0
     command = ["h3de", "train", "--data", str(data), "--output", str(run / "train"),
                "--registration-threshold", f"{BONE_THRESHOLD:g}", "--no-progress"] + _limits(args)
@@ -259,9 +263,10 @@ def evaluate(predictions: Path, atlas: Path, shots: int, out: Path, name: str, t
 
 
 def pseudo_labels(data: Path, output: Path, cases: list[str] | None, threads: int | None,
-                  deadline: float | None) -> dict | None:
-    """The fused registration labels of `cases` (all unannotated scans when None), as `h3de train`
-    makes them (same settings, same cache)."""
+                  deadline: float | None) -> dict[str, dict] | None:
+    """The fused labels of `cases` (all unannotated scans when None) from the registrations alone
+    ("registration") and, as `h3de train` makes them, sharpened by patch matching ("registration +
+    patch matching"; same settings, same cache)."""
     source = GenericDataset(data)
     references = [Reference(case, source.fingerprint(case), lambda case=case: source.load(case))
                   for case in source.cases()]
@@ -274,7 +279,9 @@ def pseudo_labels(data: Path, output: Path, cases: list[str] | None, threads: in
                                     workers=registration_workers(threads))
     if estimates is None:
         return None
-    return registration_labels(first.names, first.descriptions, estimates, FINE_SPACING_MM)
+    matched = matched_estimates(references, targets, estimates, match_settings(targets))
+    return {name: registration_labels(first.names, first.descriptions, found, FINE_SPACING_MM)
+            for name, found in (("registration", estimates), ("registration + patch matching", matched))}
 
 
 def _compare(ours: dict[str, dict[str, float]], atlas: Path, shots: int) -> dict[str, float]:

@@ -7,10 +7,11 @@ AUROC for errors above --big-error-mm, share of them among the 10 % reviewed fir
 confidence alone, then fits on every scan and prints the manifest's ``uncertainty`` entry
 (``--write`` puts it into the package's manifest.json).
 
-This is how mouse-skull-45 1.1.0 got its error model (the 6 scans its training held out):
+This is how mouse-skull-45 got its error model (2.0.0 with its patch matching; the 6 scans its
+training held out):
 
-    python bench/fit_error_model.py --model Resources/Models/mouse-skull-45-1.1.0 \\
-        --data ../shared/data/mouse_ct_atlas --cases validation
+    python bench/fit_error_model.py --model Resources/Models/mouse-skull-45-2.0.0 \\
+        --data ../shared/data/mouse_ct_atlas --cases validation --write
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest.pop("uncertainty", None)
     cases = (manifest["training"]["data"]["validation_cases"] if args.cases == "validation"
              else [case.strip() for case in args.cases.split(",") if case.strip()])
-    predictor = Predictor(networks, manifest, device="cpu", threads=args.threads)
+    references = next(iter(networks.values())).package.reference_patches()
+    predictor = Predictor(networks, manifest, device="cpu", threads=args.threads, references=references)
     dataset = GenericDataset(args.data)
     detections, truths = {}, {}
     for case in cases:

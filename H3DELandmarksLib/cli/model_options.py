@@ -26,7 +26,8 @@ def probability(text: str) -> float:
 
 
 def add_model_options(parser, default_model: str | None = None, required: bool = True) -> None:
-    """--model, --device, --threads, --threshold and --cache-dir on `parser` (or an argument group)."""
+    """--model, --device, --threads, --threshold, --cache-dir and --no-patch-matching on `parser`
+    (or an argument group)."""
     if default_model:
         parser.add_argument("--model", default=default_model, metavar="ID|PATH",
                             help=f"model id or package folder (default: {default_model})")
@@ -39,6 +40,9 @@ def add_model_options(parser, default_model: str | None = None, required: bool =
     parser.add_argument("--threshold", type=probability, metavar="T",
                         help="confidence below which a landmark is reported absent (default: the model's)")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="model cache folder")
+    parser.add_argument("--no-patch-matching", dest="patch_matching", action="store_false",
+                        help="keep the network's positions: do not sharpen them with the model's reference "
+                             "patches (no expected errors from a model calibrated with them)")
 
 
 def predictor_from_args(args: argparse.Namespace, model: str | None = None):
@@ -58,4 +62,5 @@ def predictor_factory(args: argparse.Namespace, model: str | None = None, thread
         model = str(Path(model).resolve()) if Path(model).exists() else model
         cache_dir = cache_dir.resolve() if cache_dir else None
     return functools.partial(Predictor.from_model, model, device=args.device, threads=threads or args.threads,
-                             cache_dir=cache_dir, confidence_threshold=args.threshold)
+                             cache_dir=cache_dir, confidence_threshold=args.threshold,
+                             patch_matching=getattr(args, "patch_matching", True))

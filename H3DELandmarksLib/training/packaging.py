@@ -2,9 +2,10 @@
 
 How the stages share one package is defined in `H3DELandmarksLib.registry.stage_weights`. The
 package also carries reference patches of up to `MAX_REFERENCES` annotated training cases (spread
-evenly over them), with which the predictor sharpens its positions (`data.patch_matching`): on the
-mouse atlas 8 references did as well as 37 (0.142 against 0.145 mm on held-out cases) at 1.5 s
-per scan.
+evenly over them), with which the predictor sharpens its positions (`data.patch_matching`). The
+cap keeps matching within 3 s per scan on 2 CPU cores (0.19 s per reference on the mouse atlas);
+which references are chosen matters (8-reference sets gave 0.141-0.160 mm on the atlas model's
+validation cases, all 37 references 0.138 mm), and 16 halves that spread of chance.
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ import os
 import platform
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .. import __version__
+from ..data.landmarks import Landmarks
 from ..data.patch_matching import LandmarkPatches, MatchSettings, landmark_patches
+from ..data.volume import Volume
 from ..registry import ModelPackage, write_package
 from ..registry.manifest import Manifest
 from ..registry.stage_weights import join_stage_state_dicts
 from .config import TrainingConfig
 from .data import TrainingData
 
-MAX_REFERENCES = 8
+MAX_REFERENCES = 16
 
 
 def build_manifest(config: TrainingConfig, names: list[str], descriptions: list[str], metrics: dict,
@@ -70,17 +74,24 @@ def reference_patches(data: TrainingData) -> tuple[dict | None, list[LandmarkPat
     """The manifest's ``patch_matching`` entry and the patches of up to `MAX_REFERENCES`
     annotated training cases (None and none when there is no annotated one)."""
     annotated = [case for case in data.train_cases if case not in data.pseudo_labels]
-    if not annotated:
+    return case_patches(annotated, data.case)
+
+
+def case_patches(cases: Sequence[str], load: Callable[[str], tuple[Volume, Landmarks]]
+                 ) -> tuple[dict | None, list[LandmarkPatches]]:
+    """`reference_patches` of up to `MAX_REFERENCES` of `cases`, spread evenly over them; `load`
+    gives a case's volume and its landmarks in model order."""
+    if not cases:
         return None, []
-    chosen = [annotated[int(index)] for index in
-              np.unique(np.linspace(0, len(annotated) - 1, min(MAX_REFERENCES, len(annotated))).round())]
-    settings = MatchSettings.for_voxels(float(min(data.case(chosen[0])[0].spacing)))
+    chosen = [cases[int(index)] for index in
+              np.unique(np.linspace(0, len(cases) - 1, min(MAX_REFERENCES, len(cases))).round())]
+    settings = MatchSettings.for_voxels(float(min(load(chosen[0])[0].spacing)))
     patches = []
     for case in chosen:
-        volume, landmarks = data.case(case)
+        volume, landmarks = load(case)
         patches.append(landmark_patches(volume, np.where(landmarks.present[:, None], landmarks.positions, np.nan),
                                         settings))
-    return {**dataclasses.asdict(settings), "references": chosen}, patches
+    return {**dataclasses.asdict(settings), "references": list(chosen)}, patches
 
 
 def write_trained_package(directory: str | os.PathLike, manifest: dict,
