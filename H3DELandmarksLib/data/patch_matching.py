@@ -9,8 +9,8 @@ per axis, is the new estimate. Moves are bounded by the search radius, so a poor
 carry a point far.
 
 Templates and shifts are sampled on an LPS-aligned grid of `step_mm`, finer than the voxels
-(trilinear interpolation), which matters: at half-voxel steps the mouse atlas matches gain a
-tenth over voxel steps. References are kept as `LandmarkPatches` (the scan's own voxels around
+(trilinear interpolation), which matters: at half-voxel steps the mouse atlas labels are 6 % more
+accurate than at voxel steps. References are kept as `LandmarkPatches` (the scan's own voxels around
 each landmark), so a model package can ship them without the scans.
 
 Settings were chosen on the mouse atlas's `refined` cases (5-shot registration estimates,
