@@ -179,7 +179,8 @@ def test_cli_runs_a_model_over_a_dataset_folder(tmp_path, monkeypatch, capsys):
         write_landmarks(tmp_path / "data" / "landmarks" / f"{case}.mrk.json", landmarks())
         truth_by_origin[(float(number), 0.0, 0.0)] = landmarks()
 
-    def from_model(model, device, threads, cache_dir, confidence_threshold):
+    def from_model(model, device, threads, cache_dir, confidence_threshold, patch_matching):
+        assert patch_matching
         requests.append((model, device, threads, confidence_threshold))
         return ShiftingPredictor(truth_by_origin)
 

@@ -5,7 +5,13 @@ import pytest
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
-from H3DELandmarksLib.data.patch_matching import MatchSettings, landmark_patches, match_patches, sample_volume
+from H3DELandmarksLib.data.patch_matching import (
+    MatchSettings,
+    landmark_patches,
+    match_patches,
+    sample_volume,
+    target_regions,
+)
 from H3DELandmarksLib.data.volume import Volume
 
 SPACING = 0.5
@@ -94,6 +100,21 @@ def test_blocks_hold_the_scans_own_samples_even_at_its_border():
     points = np.vstack([interior_points(reference, 4), corner])
     patches = landmark_patches(reference, points, settings)
     offsets = np.random.default_rng(3).uniform(-1, 1, size=(50, 3)) * settings.half_size_mm
+    samples = patches.sample(np.arange(len(points)), points[:, None] + offsets)
     for n, point in enumerate(points):
-        np.testing.assert_allclose(patches.sample(n, point + offsets), sample_volume(reference, point + offsets),
-                                   atol=1e-3)
+        np.testing.assert_allclose(samples[n], sample_volume(reference, point + offsets), atol=1e-3)
+
+
+def test_regions_sampled_once_serve_every_reference_alike():
+    reference = textured_volume()
+    landmarks = interior_points(reference, 8)
+    settings = MatchSettings.for_voxels(SPACING)
+    target, to_target = moved_copy(reference, np.eye(3), np.array([0.2, 0.1, -0.15]))
+    estimates = to_target(landmarks) + 0.3
+    regions = target_regions(target, estimates, settings)
+    patches = landmark_patches(reference, landmarks, settings)
+    alone = match_patches(patches, target, estimates, settings)
+    shared = match_patches(patches, target, estimates, settings, regions)
+    np.testing.assert_array_equal(alone[0], shared[0])
+    np.testing.assert_array_equal(alone[1], shared[1])
+    assert np.isfinite(alone[1]).all()

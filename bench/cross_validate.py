@@ -193,7 +193,7 @@ def _select(fold: Path, data: Path, threads: int | None) -> Path:
                                   {"cases": cases, "source": "inner validation of the fold"})
     chosen["uncertainty"] = error_model.to_manifest()
     package = read_package(fold / "run" / "package")
-    write_package(selected, chosen, package.state_dict(), overwrite=True)
+    write_package(selected, chosen, package.state_dict(), overwrite=True, references=package.reference_patches())
     atomic_write_text(fold / "selection.json", json.dumps({"cases": cases, "settings": rows}, indent=1) + "\n",
                       overwrite=True)
     return selected

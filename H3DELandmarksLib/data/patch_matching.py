@@ -14,9 +14,9 @@ accurate than at voxel steps. References are kept as `LandmarkPatches` (the scan
 each landmark), so a model package can ship them without the scans.
 
 Settings were chosen on the mouse atlas's `refined` cases (5-shot registration estimates,
-bench/patch_matching_sweep.py); the `exact` cases are only reported. The correlation is
-scipy's FFT correlation over window statistics from summed-volume tables; SimpleITK's
-FFTNormalizedCorrelation would need each small patch turned into an image.
+bench/patch_matching_sweep.py); the `exact` cases are only reported. The correlation is one
+batched scipy FFT for all landmarks of a pair over window statistics from summed-volume tables;
+SimpleITK's FFTNormalizedCorrelation works on one image pair per call.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import map_coordinates
-from scipy.signal import correlate
+from scipy import fft
 
 from .volume import Volume
 
@@ -78,11 +78,16 @@ class LandmarkPatches:
     spacing: tuple[float, float, float]
     direction: np.ndarray
 
-    def sample(self, landmark: int, points: np.ndarray) -> np.ndarray:
-        """Trilinear samples of landmark `landmark`'s block at LPS `points` ``(..., 3)`` (the
-        nearest block value outside it)."""
-        block = Volume(self.blocks[landmark], self.spacing, tuple(self.origins[landmark]), self.direction)
-        return sample_volume(block, points, outside="nearest")
+    def sample(self, landmarks: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Trilinear samples of the blocks of `landmarks` ``(M,)`` at LPS `points` ``(M, ..., 3)``,
+        one block per row (the nearest block value outside it)."""
+        landmarks = np.asarray(landmarks, int)
+        to_index = np.linalg.inv(np.asarray(self.direction, float) @ np.diag(self.spacing))
+        shape = (len(landmarks),) + (1,) * (points.ndim - 2) + (3,)
+        ijk = (points - self.origins[landmarks].reshape(shape)) @ to_index.T
+        rows = np.broadcast_to(landmarks.reshape(shape[:-1]), ijk.shape[:-1]).astype(float)
+        return map_coordinates(self.blocks, [rows, ijk[..., 2], ijk[..., 1], ijk[..., 0]], output=np.float64,
+                               order=1, mode="nearest")
 
 
 def landmark_patches(volume: Volume, positions: np.ndarray, settings: MatchSettings) -> LandmarkPatches:
@@ -103,12 +108,19 @@ def landmark_patches(volume: Volume, positions: np.ndarray, settings: MatchSetti
                            np.asarray(volume.direction, float))
 
 
+def target_regions(target: Volume, estimates: np.ndarray, settings: MatchSettings) -> np.ndarray:
+    """``(N, r, r, r)`` samples of `target` around each of `estimates` ``(N, 3)`` that the
+    templates slide over (one sampling serves every reference matched at the same estimates)."""
+    reach = int(round((settings.half_size_mm + settings.search_mm) / settings.step_mm))
+    return sample_volume(target, np.asarray(estimates, float)[:, None, None, None] + _cube(reach, settings.step_mm))
+
+
 def match_patches(reference: LandmarkPatches, target: Volume, estimates: np.ndarray,
-                  settings: MatchSettings) -> tuple[np.ndarray, np.ndarray]:
+                  settings: MatchSettings, regions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The `estimates` ``(N, 3)`` of the reference's landmarks in `target` moved to their best
     patch matches, and each match's correlation (NaN where nothing was matched: the landmark is
     absent in the reference or the estimate, its template is flat, or fewer than 4 landmark pairs
-    fix the local map)."""
+    fix the local map). `regions`: the `target_regions` of these estimates, when already sampled."""
     estimates = np.asarray(estimates, float)
     moved, scores = estimates.copy(), np.full(len(estimates), np.nan)
     paired = np.isfinite(estimates).all(axis=1) & np.isfinite(reference.positions).all(axis=1)
@@ -117,20 +129,19 @@ def match_patches(reference: LandmarkPatches, target: Volume, estimates: np.ndar
     half = int(round(settings.half_size_mm / settings.step_mm))
     reach = int(round(settings.search_mm / settings.step_mm))
     template_offsets = _cube(half, settings.step_mm)
-    region_offsets = _cube(half + reach, settings.step_mm)
     sigma = NEIGHBOURHOOD_FRACTION * _spread(reference.positions[paired])
-    matched, templates = [], []
-    for n in np.flatnonzero(paired):
-        linear = _local_linear_map(reference.positions[paired], estimates[paired], reference.positions[n], sigma)
-        template = reference.sample(n, reference.positions[n] + template_offsets @ np.linalg.inv(linear).T)
-        if template.std() <= FLAT_TEMPLATE * (np.abs(template).max() + 1.0):
-            continue
-        matched.append(n)
-        templates.append(template)
-    if not matched:
+    candidates = np.flatnonzero(paired)
+    inverse_maps = np.stack([np.linalg.inv(_local_linear_map(reference.positions[paired], estimates[paired],
+                                                             reference.positions[n], sigma)) for n in candidates])
+    points = reference.positions[candidates][:, None, None, None] + np.einsum(
+        "abcx,myx->mabcy", template_offsets, inverse_maps)
+    templates = reference.sample(candidates, points)
+    flat = templates.std(axis=(1, 2, 3)) <= FLAT_TEMPLATE * (np.abs(templates).max(axis=(1, 2, 3)) + 1.0)
+    matched, templates = candidates[~flat], templates[~flat]
+    if not len(matched):
         return moved, scores
-    regions = sample_volume(target, estimates[matched][:, None, None, None] + region_offsets)
-    correlation = _normalised_correlation(regions, np.stack(templates))
+    regions = target_regions(target, estimates[matched], settings) if regions is None else regions[matched]
+    correlation = _normalised_correlation(regions, templates)
     for row, n in enumerate(matched):
         shift, score = _peak(correlation[row])
         moved[n] = estimates[n] + (shift - reach) * settings.step_mm
@@ -174,13 +185,15 @@ def _local_linear_map(source: np.ndarray, destination: np.ndarray, centre: np.nd
 
 def _normalised_correlation(regions: np.ndarray, templates: np.ndarray) -> np.ndarray:
     """``(M, s, s, s)`` normalised cross-correlation of each template ``(M, t, t, t)`` at every
-    shift inside its region ``(M, t+s-1, ...)``: numerators by FFT, window statistics from
-    summed-volume tables."""
-    size = templates.shape[1]
+    shift inside its region ``(M, t+s-1, ...)``: numerators by one batched FFT (the valid shifts
+    never wrap around), window statistics from summed-volume tables."""
+    size, extent = templates.shape[1], regions.shape[1]
     centred = templates - templates.mean(axis=(1, 2, 3), keepdims=True)
     centred /= np.linalg.norm(centred.reshape(len(centred), -1), axis=1)[:, None, None, None]
-    numerator = np.stack([correlate(region, template, mode="valid", method="fft")
-                          for region, template in zip(regions, centred)])
+    shape = [fft.next_fast_len(extent, real=True)] * 3
+    spectrum = fft.rfftn(regions, shape, axes=(1, 2, 3)) * np.conj(fft.rfftn(centred, shape, axes=(1, 2, 3)))
+    valid = extent - size + 1
+    numerator = fft.irfftn(spectrum, shape, axes=(1, 2, 3))[:, :valid, :valid, :valid]
     sums, squares = _window_sums(regions, size), _window_sums(regions ** 2, size)
     deviation = np.sqrt(np.maximum(squares - sums ** 2 / size ** 3, 1e-12))
     return numerator / deviation

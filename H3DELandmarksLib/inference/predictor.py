@@ -42,7 +42,7 @@ from torch import nn
 
 from ..data.landmark_fusion import fuse_estimates
 from ..data.landmarks import Landmarks
-from ..data.patch_matching import LandmarkPatches, MatchSettings, match_patches
+from ..data.patch_matching import LandmarkPatches, MatchSettings, match_patches, target_regions
 from ..data.preprocessing import IntensityMap, extract_patch, grid_window_centre, stage_direction, stage_grid
 from ..data.shape import robust_shape_fit
 from ..data.volume import Volume
@@ -253,9 +253,10 @@ class Predictor:
         """`found` moved to the median of the references' patch matches, and their spread
         (positions no reference matched stay; their spread is unknown)."""
         matched = []
+        regions = target_regions(volume, found.positions, self.match_settings)
         for reference in self.references:
             reporter.check()
-            moved, scores = match_patches(reference, volume, found.positions, self.match_settings)
+            moved, scores = match_patches(reference, volume, found.positions, self.match_settings, regions)
             matched.append(np.where(np.isfinite(scores)[:, None], moved, np.nan))
         fused = fuse_estimates(self.names, matched)
         positions = np.where(fused.landmarks.present[:, None], fused.landmarks.positions, found.positions)
