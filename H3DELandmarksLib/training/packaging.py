@@ -3,7 +3,7 @@
 How the stages share one package is defined in `H3DELandmarksLib.registry.stage_weights`. The
 package also carries reference patches of up to `MAX_REFERENCES` annotated training cases (spread
 evenly over them), with which the predictor sharpens its positions (`data.patch_matching`). The
-cap keeps matching within 3 s per scan on 2 CPU cores (0.19 s per reference on the mouse atlas);
+cap keeps matching near 1 s per scan on 2 CPU cores (0.06 s per reference on the mouse atlas);
 which references are chosen matters (8-reference sets gave 0.141-0.160 mm on the atlas model's
 validation cases, all 37 references 0.138 mm), and 16 halves that spread of chance.
 """
