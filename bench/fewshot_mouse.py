@@ -267,6 +267,20 @@ def pseudo_labels(data: Path, output: Path, cases: list[str] | None, threads: in
     """The fused labels of `cases` (all unannotated scans when None) from the registrations alone
     ("registration") and, as `h3de train` makes them, sharpened by patch matching ("registration +
     patch matching"; same settings, same cache)."""
+    registered = registered_estimates(data, output, cases, threads, deadline)
+    if registered is None:
+        return None
+    references, targets, first, estimates = registered
+    matched = matched_estimates(references, targets, estimates, match_settings(targets))
+    return {name: registration_labels(first.names, first.descriptions, found, FINE_SPACING_MM)
+            for name, found in (("registration", estimates), ("registration + patch matching", matched))}
+
+
+def registered_estimates(data: Path, output: Path, cases: list[str] | None, threads: int | None,
+                         deadline: float | None = None) -> tuple | None:
+    """The references, the targets (`cases`, or all unannotated scans when None), the first
+    reference's landmarks and every reference's landmarks carried onto every target, as `h3de
+    train` registers them (same settings, same cache in `output`); None at the `deadline`."""
     source = GenericDataset(data)
     references = [Reference(case, source.fingerprint(case), lambda case=case: source.load(case))
                   for case in source.cases()]
@@ -277,11 +291,7 @@ def pseudo_labels(data: Path, output: Path, cases: list[str] | None, threads: in
     estimates = register_references(references, targets, first.names, output, settings,
                                     stop=None if deadline is None else lambda: time.monotonic() > deadline,
                                     workers=registration_workers(threads))
-    if estimates is None:
-        return None
-    matched = matched_estimates(references, targets, estimates, match_settings(targets))
-    return {name: registration_labels(first.names, first.descriptions, found, FINE_SPACING_MM)
-            for name, found in (("registration", estimates), ("registration + patch matching", matched))}
+    return None if estimates is None else (references, targets, first, estimates)
 
 
 def _compare(ours: dict[str, dict[str, float]], atlas: Path, shots: int) -> dict[str, float]:

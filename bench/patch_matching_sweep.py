@@ -20,20 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot_mouse import ATLAS, BONE_THRESHOLD, FINE_SPACING_MM, REFERENCES, prepare
+from fewshot_mouse import ATLAS, FINE_SPACING_MM, REFERENCES, prepare, registered_estimates
 from fewshot_report import case_error
-from H3DELandmarksLib.data.datasets import GenericDataset
 from H3DELandmarksLib.data.patch_matching import MatchSettings
-from H3DELandmarksLib.data.registration import RegistrationSettings
-from H3DELandmarksLib.training.fewshot import registration_workers
-from H3DELandmarksLib.training.pseudo_labels import (
-    Reference,
-    Target,
-    matched_estimates,
-    register_references,
-    registration_labels,
-    run_settings,
-)
+from H3DELandmarksLib.training.pseudo_labels import matched_estimates, registration_labels
 
 GRID = [(2.5, 2.0, 0.5), (2.5, 2.0, 1.0), (1.5, 2.0, 0.5), (5.0, 2.0, 0.5), (2.5, 1.5, 0.5), (2.5, 3.0, 0.5),
         (7.0, 2.0, 1.0)]
@@ -42,16 +32,10 @@ GRID = [(2.5, 2.0, 0.5), (2.5, 2.0, 1.0), (1.5, 2.0, 0.5), (5.0, 2.0, 0.5), (2.5
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     atlas, run = args.atlas.resolve(), args.run.resolve()
-    source = GenericDataset(prepare(atlas, run / "data", REFERENCES[args.shots]))
-    kinds = {row["case"]: row["landmarks"] for row in csv.DictReader(open(atlas / "cases.csv", encoding="utf-8"))}
-    references = [Reference(case, source.fingerprint(case), lambda case=case: source.load(case))
-                  for case in source.cases()]
-    first = references[0].load()[1]
-    settings = run_settings(RegistrationSettings(threshold=BONE_THRESHOLD), first)
-    targets = [Target(case, source.fingerprint(case), lambda case=case: source.load(case)[0])
-               for case in source.unannotated_cases() if kinds.get(case) == "refined"]
-    estimates = register_references(references, targets, first.names, run / "train", settings,
-                                    workers=registration_workers(args.threads))
+    data = prepare(atlas, run / "data", REFERENCES[args.shots])
+    with open(atlas / "cases.csv", encoding="utf-8") as table:
+        refined = [row["case"] for row in csv.DictReader(table) if row["landmarks"] == "refined"]
+    references, targets, first, estimates = registered_estimates(data, run / "train", refined, args.threads)
     voxel = float(min(targets[0].load().spacing))
     rows = [("registration alone", estimates, 0.0)]
     for half, search, step in GRID:

@@ -68,6 +68,11 @@ class Landmarks:
         return len(self.names)
 
     @property
+    def located_positions(self) -> np.ndarray:
+        """``(N, 3)`` the positions, with NaN rows where a landmark is absent."""
+        return np.where(self.present[:, None], self.positions, np.nan)
+
+    @property
     def has_position(self) -> np.ndarray:
         """``(N,)`` bool: the landmark has a position (present, or an absent best guess)."""
         return np.all(np.isfinite(self.positions), axis=1)

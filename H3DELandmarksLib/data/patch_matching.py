@@ -24,9 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 from scipy import fft
+from scipy.ndimage import map_coordinates
 
+from .resample import crop_or_pad_to_box
 from .volume import Volume
 
 NEIGHBOURHOOD_FRACTION = 0.125
@@ -98,12 +99,10 @@ def landmark_patches(volume: Volume, positions: np.ndarray, settings: MatchSetti
     positions = np.asarray(positions, float)
     blocks = np.zeros((len(positions), size, size, size), np.float32)
     origins = np.zeros((len(positions), 3))
-    padded = np.pad(volume.array, size)
     for n in np.flatnonzero(np.isfinite(positions).all(axis=1)):
         corner = np.rint(volume.physical_to_index(positions[n])).astype(int) - size // 2
-        i, j, k = np.clip(corner, -size, np.array(volume.shape_ijk)) + size
-        blocks[n] = padded[k: k + size, j: j + size, i: i + size]
-        origins[n] = volume.index_to_physical(np.array([i, j, k]) - size)
+        block = crop_or_pad_to_box(volume, corner, [size] * 3, pad_value=0)
+        blocks[n], origins[n] = block.array, block.origin
     return LandmarkPatches(positions, blocks, origins, tuple(float(v) for v in volume.spacing),
                            np.asarray(volume.direction, float))
 

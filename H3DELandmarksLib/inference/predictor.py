@@ -260,8 +260,7 @@ class Predictor:
             matched.append(np.where(np.isfinite(scores)[:, None], moved, np.nan))
         fused = fuse_estimates(self.names, matched)
         positions = np.where(fused.landmarks.present[:, None], fused.landmarks.positions, found.positions)
-        spread = np.where(fused.estimates > 1, fused.spread_mm, np.nan)
-        return dataclasses.replace(found, positions=positions), spread
+        return dataclasses.replace(found, positions=positions), fused.spread_mm
 
     def _whole_volume(self, volume: Volume, stage: dict, reporter: _Progress, span: tuple[float, float],
                       timings: dict[str, float]) -> _Peaks:

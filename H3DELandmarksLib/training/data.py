@@ -98,7 +98,7 @@ class TrainingData:
         shapes = []
         for case in self.train_cases:
             landmarks = self.case(case)[1]
-            shapes.append(np.where(landmarks.present[:, None], landmarks.positions, np.nan))
+            shapes.append(landmarks.located_positions)
         return mean_shape(shapes)
 
     def provenance(self) -> dict:

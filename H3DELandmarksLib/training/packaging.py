@@ -10,10 +10,9 @@ validation cases, all 37 references 0.138 mm), and 16 halves that spread of chan
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
-
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -89,8 +88,7 @@ def case_patches(cases: Sequence[str], load: Callable[[str], tuple[Volume, Landm
     patches = []
     for case in chosen:
         volume, landmarks = load(case)
-        patches.append(landmark_patches(volume, np.where(landmarks.present[:, None], landmarks.positions, np.nan),
-                                        settings))
+        patches.append(landmark_patches(volume, landmarks.located_positions, settings))
     return {**dataclasses.asdict(settings), "references": list(chosen)}, patches
 
 

@@ -178,8 +178,7 @@ def matched_estimates(references: Sequence[Reference], targets: Sequence[Target]
     patches = []
     for reference in references:
         volume, landmarks = reference.load()
-        patches.append(landmark_patches(volume, np.where(landmarks.present[:, None], landmarks.positions, np.nan),
-                                        settings))
+        patches.append(landmark_patches(volume, landmarks.located_positions, settings))
     matched = {}
     for target in tqdm(targets, disable=not progress, desc="patch matching", unit="scan"):
         volume = target.load()

@@ -105,7 +105,7 @@ def summarize_data(load: Callable[[str], tuple[Volume, Landmarks]], cases: list[
         points = landmarks.positions[landmarks.present]
         if len(points) > 1:
             spreads.append(float(np.max(np.linalg.norm(points[:, None] - points[None], axis=-1))))
-        shapes.append(np.where(landmarks.present[:, None], landmarks.positions, np.nan))
+        shapes.append(landmarks.located_positions)
         if number < INTENSITY_CASES:
             samples.append(np.asarray(volume.array, np.float32).ravel()[:: max(1, volume.array.size // 200_000)])
     low, high = np.percentile(np.concatenate(samples), INTENSITY_PERCENTILES)
